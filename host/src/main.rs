@@ -1,0 +1,282 @@
+//! `orbit-host`: run, validate and list.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use orbit_host::config::{Diagnostic, PipelineFile};
+use orbit_host::offsets::FileOffsetStore;
+use orbit_host::pipeline::{resolve, Pipeline};
+use orbit_host::plugin::{Registry, SearchPath};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "orbit-host",
+    version,
+    about = "Runs Orbit pipelines: YAML files that connect source, transform and sink plugins",
+    args_conflicts_with_subcommands = true,
+    after_help = "Plugin search path, first given wins: --plugin-dir, ORBIT_PLUGIN_PATH, then the \
+                  binary's own directory, its plugins/ and ../lib/orbit/plugins."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// Pipeline files, or directories whose *.yaml / *.yml files are all run.
+    #[arg(value_name = "FILE|DIR")]
+    paths: Vec<PathBuf>,
+
+    #[command(flatten)]
+    common: Common,
+
+    /// Where offsets are kept (`<state-dir>/offsets/<pipeline>.json`).
+    #[arg(long, env = "ORBIT_STATE_DIR", default_value = ".orbit", global = true)]
+    state_dir: PathBuf,
+
+    /// How long a shutdown waits for in-flight batches to be delivered.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    grace_period: Duration,
+
+    /// How often a progress line is logged (0s for never).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    progress: Duration,
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// A directory of plugin libraries; repeat for several. Replaces the default search path.
+    #[arg(long = "plugin-dir", value_name = "DIR", global = true)]
+    plugin_dirs: Vec<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Checks pipeline files, plugin configs included, without connecting anywhere.
+    Validate {
+        #[arg(value_name = "FILE|DIR", required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Lists the plugins on the search path: name, version, kinds, file.
+    Plugins,
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_env("ORBIT_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let search_path = SearchPath::resolve(
+        &cli.common.plugin_dirs,
+        std::env::var("ORBIT_PLUGIN_PATH").ok().as_deref(),
+    );
+    let registry = Registry::load(search_path);
+    match &cli.command {
+        Some(Command::Plugins) => list_plugins(&registry),
+        Some(Command::Validate { paths }) => match load_pipelines(paths, &registry) {
+            Ok(loaded) => {
+                for (file, _) in &loaded {
+                    println!("ok: {} (pipeline `{}`)", file.path.display(), file.spec.name);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(()) => ExitCode::FAILURE,
+        },
+        None => {
+            if cli.paths.is_empty() {
+                eprintln!("error: no pipeline given\n  hint: orbit-host pipelines/quickstart.yaml, or orbit-host --help");
+                return ExitCode::from(2);
+            }
+            let Ok(loaded) = load_pipelines(&cli.paths, &registry) else {
+                return ExitCode::FAILURE;
+            };
+            let pipelines = loaded
+                .into_iter()
+                .map(|(file, stages)| Pipeline {
+                    store: FileOffsetStore::new(&cli.state_dir, &file.spec.name),
+                    spec: file.spec,
+                    stages,
+                    grace: cli.grace_period,
+                    progress_every: cli.progress,
+                })
+                .collect();
+            run(pipelines)
+        }
+    }
+}
+
+fn report_refused(registry: &Registry) -> bool {
+    for r in &registry.refused {
+        eprintln!(
+            "error: plugin file {} refused: {}",
+            r.path.display(),
+            r.reason
+        );
+    }
+    registry.refused.is_empty()
+}
+
+fn list_plugins(registry: &Registry) -> ExitCode {
+    println!(
+        "search path ({}): {}",
+        registry.search_path.source,
+        registry
+            .search_path
+            .dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
+    );
+    println!("{:<12} {:<10} {:<10} {:<30} FILE", "NAME", "VERSION", "KIND", "DESCRIPTION");
+    for c in registry.components() {
+        println!(
+            "{:<12} {:<10} {:<10} {:<30} {}",
+            c.name,
+            c.library.manifest.version.as_str(),
+            c.kind,
+            c.description,
+            c.library.path.display()
+        );
+    }
+    if report_refused(registry) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Expands directories, loads and resolves every pipeline, printing every error found.
+fn load_pipelines(
+    paths: &[PathBuf],
+    registry: &Registry,
+) -> Result<Vec<(PipelineFile, Vec<orbit_host::pipeline::ResolvedStage>)>, ()> {
+    let mut ok = report_refused(registry);
+    let mut files = Vec::new();
+    for p in paths {
+        match expand(p) {
+            Ok(found) => files.extend(found),
+            Err(d) => {
+                eprintln!("error: {d}");
+                ok = false;
+            }
+        }
+    }
+    let mut loaded: Vec<(PipelineFile, Vec<_>)> = Vec::new();
+    for f in files {
+        let result = PipelineFile::load(&f).and_then(|file| {
+            if let Some((other, _)) = loaded.iter().find(|(o, _)| o.spec.name == file.spec.name) {
+                return Err(file.error_at(
+                    "name",
+                    format!(
+                        "pipeline name `{}` is already used by {}",
+                        file.spec.name,
+                        other.path.display()
+                    ),
+                    "names must be unique per host: they key the offsets",
+                ));
+            }
+            let stages = resolve(&file, registry)?;
+            Ok((file, stages))
+        });
+        match result {
+            Ok(l) => loaded.push(l),
+            Err(d) => {
+                eprintln!("error: {d}");
+                ok = false;
+            }
+        }
+    }
+    if ok {
+        Ok(loaded)
+    } else {
+        Err(())
+    }
+}
+
+fn expand(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
+    let not_found = |e: std::io::Error| Diagnostic {
+        file: path.to_path_buf(),
+        line: None,
+        column: None,
+        key: None,
+        message: format!("cannot read: {e}"),
+        hint: "give a pipeline file or a directory of them".into(),
+    };
+    if path.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(not_found)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+            .collect();
+        v.sort();
+        Ok(v)
+    } else {
+        std::fs::metadata(path).map_err(not_found)?;
+        Ok(vec![path.to_path_buf()])
+    }
+}
+
+fn run(pipelines: Vec<Pipeline>) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("orbit-host")
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        let mut set = tokio::task::JoinSet::new();
+        for p in pipelines {
+            let name = p.spec.name.clone();
+            let token = shutdown.clone();
+            set.spawn(async move { (name, p.run(token).await) });
+        }
+        let mut failed = false;
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok((name, Ok(summary))) => {
+                    tracing::info!(pipeline = %name, "finished: {summary}");
+                }
+                Ok((_, Err(e))) => {
+                    eprintln!("error: {e}");
+                    failed = true;
+                }
+                Err(e) => {
+                    eprintln!("error: a pipeline task ended abnormally: {e}");
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        }
+    })
+}
+
+/// First SIGINT or SIGTERM: drain and stop. Second: exit at once (offsets already persisted
+/// stay valid; what was in flight is read again).
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!("signal received: draining in-flight batches (signal again to exit at once)");
+    shutdown.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    eprintln!("second signal: exiting without draining");
+    std::process::exit(130);
+}
