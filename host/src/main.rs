@@ -139,13 +139,13 @@ fn list_plugins(registry: &Registry) -> ExitCode {
             .collect::<Vec<_>>()
             .join(":")
     );
-    println!("{:<12} {:<10} {:<10} {:<30} FILE", "NAME", "VERSION", "KIND", "DESCRIPTION");
+    println!("{:<12} {:<10} {:<10} {:<48} FILE", "NAME", "VERSION", "KIND", "DESCRIPTION");
     for c in registry.components() {
         println!(
-            "{:<12} {:<10} {:<10} {:<30} {}",
+            "{:<12} {:<10} {:<10} {:<48} {}",
             c.name,
             c.library.manifest.version.as_str(),
-            c.kind,
+            c.kind.as_str(),
             c.description,
             c.library.path.display()
         );

@@ -44,6 +44,9 @@ pub use sdk::{
 #[doc(hidden)]
 pub use abi_stable;
 
+/// The `tracing` the SDK forwards to the host; plugins may use it or depend on `tracing` 0.1.
+pub use tracing;
+
 /// The version of this crate. It is also the version abi_stable compares when the host loads a
 /// library: a plugin built against an incompatible plugin-api (0.x: another minor version) is
 /// refused with both versions named.

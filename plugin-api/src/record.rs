@@ -79,6 +79,20 @@ impl Record {
         serde_json::from_slice(&self.value)
     }
 
+    /// A copy with an empty value, for a transform that computes a new value: key, headers,
+    /// timestamp and position are kept without copying the old value first.
+    pub fn clone_without_value(&self) -> Record {
+        Record {
+            key: self.key.clone(),
+            value: RVec::new(),
+            headers: self.headers.clone(),
+            timestamp_ms: self.timestamp_ms,
+            stream: self.stream.clone(),
+            partition: self.partition,
+            offset: self.offset.clone(),
+        }
+    }
+
     /// The position this record stands at, for acknowledging it.
     pub fn position(&self) -> Position {
         Position {
@@ -149,6 +163,14 @@ impl SourceBatch {
 
     pub fn is_empty(&self) -> bool {
         self.inner.records.is_empty()
+    }
+
+    pub fn records(&self) -> &[Record] {
+        &self.inner.records
+    }
+
+    pub fn is_end_of_stream(&self) -> bool {
+        self.inner.end_of_stream
     }
 
     /// Fills in positions for partitions the source did not set explicitly, from the last record

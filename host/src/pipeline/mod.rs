@@ -29,6 +29,7 @@ use orbit_plugin_api::ffi::{SinkBox, SourceBox, SourceContextFfi, StageContextFf
 use orbit_plugin_api::{PluginError, Record};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::config::{BatchSpec, PipelineSpec, StageRole, Tolerance};
 use crate::offsets::{to_positions, FileOffsetStore, OffsetStoreError, Offsets};
@@ -144,11 +145,14 @@ impl Pipeline {
     /// Runs until the source ends (and everything is delivered), `shutdown` is cancelled (and
     /// in-flight batches are drained within the grace period), or a stage fails.
     pub async fn run(self, shutdown: CancellationToken) -> Result<Summary, PipelineError> {
+        let span = tracing::info_span!("pipeline", pipeline = %self.spec.name);
+        self.run_in_span(shutdown).instrument(span).await
+    }
+
+    async fn run_in_span(self, shutdown: CancellationToken) -> Result<Summary, PipelineError> {
         let name = self.spec.name.clone();
         let started = Instant::now();
         let stats = Arc::new(Stats::default());
-        let span = tracing::info_span!("pipeline", pipeline = %name);
-        let _entered = span.enter();
 
         let offsets_err = |source| PipelineError::Offsets {
             pipeline: name.clone(),
@@ -213,19 +217,19 @@ impl Pipeline {
 
         let mut tasks = tokio::task::JoinSet::new();
         let (offsets_tx, offsets_rx) = watch::channel(offsets.clone());
-        let persister = tokio::spawn(persist_offsets(self.store.clone(), offsets_rx));
+        let persister = tokio::spawn(persist_offsets(self.store.clone(), offsets_rx).in_current_span());
 
         let buffer = self.spec.batch.buffer;
         let (first_tx, mut rx) = mpsc::channel::<Batch>(buffer);
         for t in transforms {
             let (tx, next_rx) = mpsc::channel::<Batch>(buffer);
-            tasks.spawn(run_transform(t, rx, tx, shared.clone()));
+            tasks.spawn(run_transform(t, rx, tx, shared.clone()).in_current_span());
             rx = next_rx;
         }
         let sink = StageInstance::new(sink_spec.name.clone(), sink_spec.component.name.clone(), sink, &name);
-        tasks.spawn(run_sink(sink, rx, shared.clone()));
+        tasks.spawn(run_sink(sink, rx, shared.clone()).in_current_span());
         if let Some(d) = dead_letter_sink {
-            tasks.spawn(dead_letter::run(d, dead_letter_rx, shared.clone()));
+            tasks.spawn(dead_letter::run(d, dead_letter_rx, shared.clone()).in_current_span());
         }
         let source = StageInstance::new(
             source_spec.name.clone(),
@@ -234,7 +238,7 @@ impl Pipeline {
             &name,
         );
         let progress = (!self.progress_every.is_zero()).then(|| {
-            tokio::spawn(stats::log_progress(stats.clone(), self.progress_every))
+            tokio::spawn(stats::log_progress(stats.clone(), self.progress_every).in_current_span())
         });
         let source_result = run_source(SourceTask {
             source,

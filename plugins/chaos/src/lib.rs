@@ -1,0 +1,279 @@
+//! `chaos`: a source, transform and sink that fail on command, for testing the host's
+//! policies. Not for production pipelines.
+//!
+//! Every component takes the same fault keys. Call numbers count from 1 per `counter` (default:
+//! the component kind) across all instances in the process, so "panic on call 3" happens once
+//! even when the host recreates the instance afterwards.
+//!
+//! ```yaml
+//! sink:
+//!   plugin: chaos
+//!   config:
+//!     path: out.txt              # sink: append values here (fsync), so tests can count them
+//!     fail_calls: 3              # calls 1..=3 fail with a retriable error
+//!     retry_after: 200ms         # …carrying this retry-after
+//!     fail_probability: 0.3      # any call fails (retriable) with this probability
+//!     seed: 7                    #   from this seed
+//!     panic_on_call: 5           # call 5 panics
+//!     hang_on_call: 6            # call 6 sleeps for `hang_for` (default 1h)
+//!     fatal_on_call: 9           # call 9 fails with a fatal error
+//!     reject_where: { field: bad, eq: true }   # records matching are rejected
+//! ```
+//!
+//! The source emits `count` records `{"seq":N}` (add `poison_every: K` to make every K-th
+//! record not JSON) and resumes from its stored offset like `generate`.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use orbit_plugin_api::{
+    export_plugin, PluginBuilder, PluginError, Record, Sink, SinkContext, Source, SourceBatch,
+    SourceContext, Transform, TransformContext, TransformOutput, WriteOutcome,
+};
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Faults {
+    #[serde(default)]
+    counter: Option<String>,
+    #[serde(default)]
+    fail_calls: u64,
+    #[serde(default, with = "humantime_serde")]
+    retry_after: Option<Duration>,
+    #[serde(default)]
+    fail_probability: f64,
+    #[serde(default)]
+    seed: u64,
+    #[serde(default)]
+    panic_on_call: Option<u64>,
+    #[serde(default)]
+    hang_on_call: Option<u64>,
+    #[serde(default = "one_hour", with = "humantime_serde")]
+    hang_for: Duration,
+    #[serde(default)]
+    fatal_on_call: Option<u64>,
+    #[serde(default)]
+    reject_where: Option<Match>,
+    // Source only.
+    #[serde(default)]
+    count: Option<u64>,
+    #[serde(default)]
+    poison_every: Option<u64>,
+    // Sink only.
+    #[serde(default)]
+    path: Option<PathBuf>,
+}
+
+fn one_hour() -> Duration {
+    Duration::from_secs(3600)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Match {
+    field: String,
+    eq: Value,
+}
+
+static CALLS: Mutex<Option<HashMap<String, u64>>> = Mutex::new(None);
+
+fn next_call(counter: &str) -> u64 {
+    let mut guard = CALLS.lock().unwrap_or_else(|e| e.into_inner());
+    let n = guard
+        .get_or_insert_with(HashMap::new)
+        .entry(counter.to_string())
+        .or_insert(0);
+    *n += 1;
+    *n
+}
+
+struct Injector {
+    faults: Faults,
+    counter: String,
+    rng: u64,
+}
+
+impl Injector {
+    fn new(faults: Faults, kind: &str) -> Self {
+        let counter = faults.counter.clone().unwrap_or_else(|| kind.to_string());
+        let rng = faults.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        Injector {
+            faults,
+            counter,
+            rng,
+        }
+    }
+
+    fn random(&mut self) -> f64 {
+        // xorshift64*: reproducible from the seed, good enough for fault injection.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Applies call-level faults; Ok means the call proceeds.
+    fn before_call(&mut self) -> Result<u64, PluginError> {
+        let call = next_call(&self.counter);
+        if self.faults.panic_on_call == Some(call) {
+            panic!("chaos: panic on call {call}");
+        }
+        if self.faults.hang_on_call == Some(call) {
+            tracing::warn!(call, "chaos: hanging");
+            std::thread::sleep(self.faults.hang_for);
+        }
+        if self.faults.fatal_on_call == Some(call) {
+            return Err(PluginError::fatal(format!("chaos: fatal error on call {call}")));
+        }
+        let random_failure =
+            self.faults.fail_probability > 0.0 && self.random() < self.faults.fail_probability;
+        if call <= self.faults.fail_calls || random_failure {
+            let mut e = PluginError::retriable(format!("chaos: transient failure on call {call}"));
+            if let Some(after) = self.faults.retry_after {
+                e = e.with_retry_after(after);
+            }
+            return Err(e);
+        }
+        Ok(call)
+    }
+
+    fn rejects(&self, r: &Record) -> bool {
+        let Some(m) = &self.faults.reject_where else {
+            return false;
+        };
+        let Ok(v) = serde_json::from_slice::<Value>(r.value()) else {
+            return false;
+        };
+        m.field
+            .split('.')
+            .try_fold(&v, |v, k| v.get(k))
+            .is_some_and(|x| *x == m.eq)
+    }
+}
+
+pub struct ChaosSource {
+    injector: Injector,
+    next: u64,
+    count: u64,
+    poison_every: Option<u64>,
+}
+
+impl Source for ChaosSource {
+    type Config = Faults;
+
+    fn open(faults: Faults, ctx: SourceContext) -> Result<Self, PluginError> {
+        let next = ctx
+            .offset("chaos", 0)
+            .and_then(|b| b.try_into().ok())
+            .map(|b: [u8; 8]| u64::from_be_bytes(b) + 1)
+            .unwrap_or(0);
+        Ok(ChaosSource {
+            count: faults.count.unwrap_or(u64::MAX),
+            poison_every: faults.poison_every.filter(|k| *k > 0),
+            injector: Injector::new(faults, "source"),
+            next,
+        })
+    }
+
+    fn poll(&mut self, max_records: usize, _max_wait: Duration) -> Result<SourceBatch, PluginError> {
+        self.injector.before_call()?;
+        let n = (max_records as u64).min(self.count.saturating_sub(self.next));
+        let mut batch = SourceBatch::with_capacity(n as usize);
+        for _ in 0..n {
+            let seq = self.next;
+            let value = match self.poison_every {
+                Some(k) if (seq + 1) % k == 0 => format!("poison {seq}"),
+                _ => format!("{{\"seq\":{seq}}}"),
+            };
+            batch.push(Record::new(value).with_position("chaos", 0, seq.to_be_bytes()));
+            self.next += 1;
+        }
+        if self.next >= self.count {
+            batch.end_of_stream();
+        }
+        Ok(batch)
+    }
+}
+
+pub struct ChaosTransform {
+    injector: Injector,
+}
+
+impl Transform for ChaosTransform {
+    type Config = Faults;
+
+    fn open(faults: Faults, _ctx: TransformContext) -> Result<Self, PluginError> {
+        Ok(ChaosTransform {
+            injector: Injector::new(faults, "transform"),
+        })
+    }
+
+    fn process(&mut self, batch: &[Record], out: &mut TransformOutput) -> Result<(), PluginError> {
+        self.injector.before_call()?;
+        for (i, r) in batch.iter().enumerate() {
+            if self.injector.rejects(r) {
+                out.fail(i, PluginError::rejected("chaos: record matches reject_where"));
+            } else {
+                out.push(r.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+pub struct ChaosSink {
+    injector: Injector,
+    file: Option<File>,
+}
+
+impl Sink for ChaosSink {
+    type Config = Faults;
+
+    fn open(faults: Faults, _ctx: SinkContext) -> Result<Self, PluginError> {
+        let file = match &faults.path {
+            Some(p) => Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| PluginError::fatal(format!("cannot open {}: {e}", p.display())))?,
+            ),
+            None => None,
+        };
+        Ok(ChaosSink {
+            injector: Injector::new(faults, "sink"),
+            file,
+        })
+    }
+
+    fn write(&mut self, batch: &[Record]) -> Result<WriteOutcome, PluginError> {
+        self.injector.before_call()?;
+        let mut outcome = WriteOutcome::ok();
+        let mut buf = Vec::new();
+        for (i, r) in batch.iter().enumerate() {
+            if self.injector.rejects(r) {
+                outcome.fail(i, PluginError::rejected("chaos: record matches reject_where"));
+            } else {
+                buf.extend_from_slice(r.value());
+                buf.push(b'\n');
+            }
+        }
+        if let Some(f) = &mut self.file {
+            f.write_all(&buf)
+                .and_then(|_| f.sync_data())
+                .map_err(|e| PluginError::retriable(format!("chaos sink write: {e}")))?;
+        }
+        Ok(outcome)
+    }
+}
+
+export_plugin!(PluginBuilder::new("chaos", env!("CARGO_PKG_VERSION"))
+    .source::<ChaosSource>("chaos", "test source that fails on command")
+    .transform::<ChaosTransform>("chaos", "test transform that fails on command")
+    .sink::<ChaosSink>("chaos", "test sink that fails on command"));
