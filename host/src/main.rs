@@ -1,5 +1,6 @@
 //! `orbit-host`: run, validate and list.
 
+use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -71,6 +72,7 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
 }
 
@@ -87,7 +89,11 @@ fn main() -> ExitCode {
         Some(Command::Validate { paths }) => match load_pipelines(paths, &registry) {
             Ok(loaded) => {
                 for (file, _) in &loaded {
-                    println!("ok: {} (pipeline `{}`)", file.path.display(), file.spec.name);
+                    println!(
+                        "ok: {} (pipeline `{}`)",
+                        file.path.display(),
+                        file.spec.name
+                    );
                 }
                 ExitCode::SUCCESS
             }
@@ -139,7 +145,10 @@ fn list_plugins(registry: &Registry) -> ExitCode {
             .collect::<Vec<_>>()
             .join(":")
     );
-    println!("{:<12} {:<10} {:<10} {:<48} FILE", "NAME", "VERSION", "KIND", "DESCRIPTION");
+    println!(
+        "{:<12} {:<10} {:<10} {:<48} FILE",
+        "NAME", "VERSION", "KIND", "DESCRIPTION"
+    );
     for c in registry.components() {
         println!(
             "{:<12} {:<10} {:<10} {:<48} {}",

@@ -222,8 +222,11 @@ pub struct PluginModule {
     pub manifest: extern "C" fn() -> Manifest,
     pub init: extern "C" fn(HostContext),
     /// Checks a component's config without connecting anywhere.
-    pub validate:
-        extern "C" fn(kind: ComponentKind, name: RStr<'_>, config: RStr<'_>) -> RResult<(), ConfigError>,
+    pub validate: extern "C" fn(
+        kind: ComponentKind,
+        name: RStr<'_>,
+        config: RStr<'_>,
+    ) -> RResult<(), ConfigError>,
     pub create_source:
         extern "C" fn(name: RStr<'_>, ctx: SourceContextFfi) -> RResult<SourceBox, PluginError>,
     pub create_transform:

@@ -20,8 +20,8 @@
 //!
 //! See docs/PLUGINS.md in the repository for a complete example.
 
-pub mod ffi;
 mod error;
+pub mod ffi;
 mod logging;
 mod record;
 #[cfg(feature = "runtime")]
@@ -36,8 +36,8 @@ pub use runtime::runtime;
 #[doc(hidden)]
 pub use sdk::{__root_module, __ROOT_MODULE_LOADER_NAME};
 pub use sdk::{
-    PluginBuilder, RecordFailure, Sink, SinkContext, Source, SourceContext,
-    Transform, TransformContext, TransformOutput, WriteOutcome,
+    PluginBuilder, RecordFailure, Sink, SinkContext, Source, SourceContext, Transform,
+    TransformContext, TransformOutput, WriteOutcome,
 };
 
 /// Re-exported so that [`export_plugin!`] works without the plugin naming `abi_stable` itself.

@@ -16,10 +16,10 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{ConfigError, PluginError};
 use crate::ffi::{
-    ComponentInfo, ComponentKind, HostContext, Manifest, PluginModule, PluginModuleRef,
-    PollOutput, Position, Record, RecordFailureFfi, SinkBox, SinkFfi, SinkFfi_TO,
-    SourceBox, SourceContextFfi, SourceFfi, SourceFfi_TO, StageContextFfi, TransformBox,
-    TransformFfi, TransformFfi_TO, TransformOutputFfi, WriteOutcomeFfi,
+    ComponentInfo, ComponentKind, HostContext, Manifest, PluginModule, PluginModuleRef, PollOutput,
+    Position, Record, RecordFailureFfi, SinkBox, SinkFfi, SinkFfi_TO, SourceBox, SourceContextFfi,
+    SourceFfi, SourceFfi_TO, StageContextFfi, TransformBox, TransformFfi, TransformFfi_TO,
+    TransformOutputFfi, WriteOutcomeFfi,
 };
 use crate::record::SourceBatch;
 
@@ -370,7 +370,10 @@ fn open_transform<T: Transform>(ctx: StageContextFfi) -> Result<TransformBox, Pl
             stage: ctx.stage.into_string(),
         },
     )?;
-    Ok(TransformFfi_TO::from_value(TransformAdapter(transform), TD_Opaque))
+    Ok(TransformFfi_TO::from_value(
+        TransformAdapter(transform),
+        TD_Opaque,
+    ))
 }
 
 fn open_sink<S: Sink>(ctx: StageContextFfi) -> Result<SinkBox, PluginError> {
@@ -406,7 +409,11 @@ impl PluginBuilder {
         self
     }
 
-    pub fn transform<T: Transform>(mut self, name: &'static str, description: &'static str) -> Self {
+    pub fn transform<T: Transform>(
+        mut self,
+        name: &'static str,
+        description: &'static str,
+    ) -> Self {
         self.components.push(Component {
             name,
             description,
@@ -493,29 +500,39 @@ extern "C" fn ffi_create_source(
     name: RStr<'_>,
     ctx: SourceContextFfi,
 ) -> RResult<SourceBox, PluginError> {
-    guard(|| match &plugin().find(ComponentKind::Source, name.as_str())?.factory {
-        Factory::Source(f) => f(ctx),
-        _ => unreachable!("find checks the kind"),
-    })
+    guard(
+        || match &plugin().find(ComponentKind::Source, name.as_str())?.factory {
+            Factory::Source(f) => f(ctx),
+            _ => unreachable!("find checks the kind"),
+        },
+    )
 }
 
 extern "C" fn ffi_create_transform(
     name: RStr<'_>,
     ctx: StageContextFfi,
 ) -> RResult<TransformBox, PluginError> {
-    guard(
-        || match &plugin().find(ComponentKind::Transform, name.as_str())?.factory {
+    guard(|| {
+        match &plugin()
+            .find(ComponentKind::Transform, name.as_str())?
+            .factory
+        {
             Factory::Transform(f) => f(ctx),
+            _ => unreachable!("find checks the kind"),
+        }
+    })
+}
+
+extern "C" fn ffi_create_sink(
+    name: RStr<'_>,
+    ctx: StageContextFfi,
+) -> RResult<SinkBox, PluginError> {
+    guard(
+        || match &plugin().find(ComponentKind::Sink, name.as_str())?.factory {
+            Factory::Sink(f) => f(ctx),
             _ => unreachable!("find checks the kind"),
         },
     )
-}
-
-extern "C" fn ffi_create_sink(name: RStr<'_>, ctx: StageContextFfi) -> RResult<SinkBox, PluginError> {
-    guard(|| match &plugin().find(ComponentKind::Sink, name.as_str())?.factory {
-        Factory::Sink(f) => f(ctx),
-        _ => unreachable!("find checks the kind"),
-    })
 }
 
 /// Used by [`crate::export_plugin!`]; not part of the public API.

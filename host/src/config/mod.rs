@@ -290,7 +290,12 @@ impl PipelineFile {
     }
 
     /// A diagnostic pointing at `key` (a path such as `sink.config.url`).
-    pub fn error_at(&self, key: &str, message: impl Into<String>, hint: impl Into<String>) -> Diagnostic {
+    pub fn error_at(
+        &self,
+        key: &str,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Diagnostic {
         let pos = self.positions.find(key);
         Diagnostic {
             file: self.path.clone(),
@@ -376,7 +381,8 @@ mod tests {
 
     #[test]
     fn unknown_key_names_line_and_column() {
-        let e = parse(&GOOD.replace("  plugin: file\n", "  plugin: file\n  confg: 1\n")).unwrap_err();
+        let e =
+            parse(&GOOD.replace("  plugin: file\n", "  plugin: file\n  confg: 1\n")).unwrap_err();
         assert_eq!((e.line, e.column), (Some(6), Some(3)), "{e}");
         assert!(e.message.contains("unknown field `confg`"), "{e}");
     }

@@ -118,7 +118,8 @@ impl FileOffsetStore {
         };
         let json = serde_json::to_vec_pretty(&stored).expect("offsets serialize");
         let tmp = self.path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(self.io("cannot create a temporary file"))?;
+        let mut f =
+            std::fs::File::create(&tmp).map_err(self.io("cannot create a temporary file"))?;
         f.write_all(&json).map_err(self.io("cannot write"))?;
         f.sync_all().map_err(self.io("cannot fsync"))?;
         drop(f);

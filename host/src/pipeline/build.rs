@@ -72,11 +72,7 @@ fn resolve_stage(
             list_or_none(&registry.names(kind))
         );
         for r in &registry.refused {
-            hint.push_str(&format!(
-                "; refused {}: {}",
-                r.path.display(),
-                r.reason
-            ));
+            hint.push_str(&format!("; refused {}: {}", r.path.display(), r.reason));
         }
         file.error_at(
             &format!("{key}.plugin"),
@@ -97,8 +93,12 @@ fn resolve_stage(
     };
     let config_json = config_value.to_string();
     let validate = component.library.module.validate();
-    if let Err(e) = validate(kind, component.name.as_str().into(), config_json.as_str().into())
-        .into_result()
+    if let Err(e) = validate(
+        kind,
+        component.name.as_str().into(),
+        config_json.as_str().into(),
+    )
+    .into_result()
     {
         let path = if e.path.is_empty() {
             format!("{key}.config")

@@ -186,10 +186,17 @@ impl Pipeline {
         .await?;
         let mut transforms: Vec<StageInstance<TransformBox>> = Vec::new();
         for i in 0..self.spec.transforms.len() {
-            let s = self.stage(StageRole::Transform(i)).expect("resolved").clone();
+            let s = self
+                .stage(StageRole::Transform(i))
+                .expect("resolved")
+                .clone();
             let ctx = stage_ctx(&name, &s);
             let t = create(&name, &s, |m, n| (m.create_transform())(n, ctx)).await?;
-            transforms.push(StageInstance::new(s.name.clone(), s.component.name.clone(), t, &name));
+            transforms.push(StageInstance::new(
+                s.name.clone(),
+                s.component.name.clone(),
+                t,
+            ));
         }
         let sink_spec = self.stage(StageRole::Sink).expect("a sink").clone();
         let ctx = stage_ctx(&name, &sink_spec);
@@ -198,7 +205,11 @@ impl Pipeline {
             Some(s) if self.spec.errors.tolerance == Tolerance::All => {
                 let ctx = stage_ctx(&name, s);
                 let d: SinkBox = create(&name, s, |m, n| (m.create_sink())(n, ctx)).await?;
-                Some(StageInstance::new(s.name.clone(), s.component.name.clone(), d, &name))
+                Some(StageInstance::new(
+                    s.name.clone(),
+                    s.component.name.clone(),
+                    d,
+                ))
             }
             _ => None,
         };
@@ -217,25 +228,37 @@ impl Pipeline {
 
         let mut tasks = tokio::task::JoinSet::new();
         let (offsets_tx, offsets_rx) = watch::channel(offsets.clone());
-        let persister = tokio::spawn(persist_offsets(self.store.clone(), offsets_rx).in_current_span());
+        let persister =
+            tokio::spawn(persist_offsets(self.store.clone(), offsets_rx).in_current_span());
 
         let buffer = self.spec.batch.buffer;
         let (first_tx, mut rx) = mpsc::channel::<Batch>(buffer);
         for t in transforms {
             let (tx, next_rx) = mpsc::channel::<Batch>(buffer);
-            tasks.spawn(run_transform(t, rx, tx, shared.clone()).in_current_span());
+            spawn_stage(
+                &mut tasks,
+                &shared,
+                run_transform(t, rx, tx, shared.clone()),
+            );
             rx = next_rx;
         }
-        let sink = StageInstance::new(sink_spec.name.clone(), sink_spec.component.name.clone(), sink, &name);
-        tasks.spawn(run_sink(sink, rx, shared.clone()).in_current_span());
+        let sink = StageInstance::new(
+            sink_spec.name.clone(),
+            sink_spec.component.name.clone(),
+            sink,
+        );
+        spawn_stage(&mut tasks, &shared, run_sink(sink, rx, shared.clone()));
         if let Some(d) = dead_letter_sink {
-            tasks.spawn(dead_letter::run(d, dead_letter_rx, shared.clone()).in_current_span());
+            spawn_stage(
+                &mut tasks,
+                &shared,
+                dead_letter::run(d, dead_letter_rx, shared.clone()),
+            );
         }
         let source = StageInstance::new(
             source_spec.name.clone(),
             source_spec.component.name.clone(),
             source,
-            &name,
         );
         let progress = (!self.progress_every.is_zero()).then(|| {
             tokio::spawn(stats::log_progress(stats.clone(), self.progress_every).in_current_span())
@@ -257,11 +280,7 @@ impl Pipeline {
         }
         // Stages end when their input closes, or after their current call when the pipeline
         // failed.
-        while let Some(joined) = tasks.join_next().await {
-            if let Ok(Err(e)) = joined {
-                shared.fail(e);
-            }
-        }
+        while tasks.join_next().await.is_some() {}
         if let Some(p) = progress {
             p.abort();
         }
@@ -278,6 +297,24 @@ impl Pipeline {
         }
         Ok(summary)
     }
+}
+
+/// Runs a stage task; its failure stops the whole pipeline at once (the source stops polling,
+/// the other stages stop after their current call).
+fn spawn_stage(
+    tasks: &mut tokio::task::JoinSet<()>,
+    shared: &Arc<Shared>,
+    task: impl std::future::Future<Output = Result<(), PipelineError>> + Send + 'static,
+) {
+    let shared = shared.clone();
+    tasks.spawn(
+        async move {
+            if let Err(e) = task.await {
+                shared.fail(e);
+            }
+        }
+        .in_current_span(),
+    );
 }
 
 async fn create<T: Send + 'static>(
@@ -409,8 +446,14 @@ async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
                 while let Ok(id) = completions.try_recv() {
                     tracker.complete(id);
                 }
-                if let Err(e) =
-                    acknowledge(&mut source, &mut tracker, &mut offsets, &offsets_tx, &shared).await
+                if let Err(e) = acknowledge(
+                    &mut source,
+                    &mut tracker,
+                    &mut offsets,
+                    &offsets_tx,
+                    &shared,
+                )
+                .await
                 {
                     break Err(e);
                 }
@@ -430,9 +473,14 @@ async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
                 if out.records.is_empty() {
                     drop(permit);
                     tracker.complete(id);
-                    if let Err(e) =
-                        acknowledge(&mut source, &mut tracker, &mut offsets, &offsets_tx, &shared)
-                            .await
+                    if let Err(e) = acknowledge(
+                        &mut source,
+                        &mut tracker,
+                        &mut offsets,
+                        &offsets_tx,
+                        &shared,
+                    )
+                    .await
                     {
                         break Err(e);
                     }
@@ -558,7 +606,9 @@ async fn run_sink(
             let out = result.map_err(|e| shared.stage_error(&stage.id, e))?;
             let failed = out.failures.len();
             dead_letter::handle(&shared, &stage.id, &records, RecordFailures(out.failures)).await?;
-            shared.stats.record_written(records.len() - failed.min(records.len()));
+            shared
+                .stats
+                .record_written(records.len() - failed.min(records.len()));
             shared.complete(batch.id);
         }
         Ok(())

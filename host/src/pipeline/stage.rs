@@ -23,8 +23,8 @@ pub struct StageInstance<T> {
 }
 
 impl<T: Send + 'static> StageInstance<T> {
-    pub fn new(stage: String, plugin: String, instance: T, pipeline: &str) -> Self {
-        let span = tracing::info_span!("stage", pipeline, stage = %stage, plugin = %plugin);
+    pub fn new(stage: String, plugin: String, instance: T) -> Self {
+        let span = tracing::info_span!("stage", stage = %stage, plugin = %plugin);
         StageInstance {
             id: StageId { stage, plugin },
             instance: Some(instance),

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
+use abi_stable::library::{lib_header_from_path, LibraryError};
 use orbit_plugin_api::ffi::{HostContext, Manifest, PluginModuleRef};
 use orbit_plugin_api::API_VERSION;
 
@@ -29,31 +29,99 @@ pub enum LoadError {
     )]
     NotAPlugin,
     #[error(
-        "it was built against an incompatible orbit-plugin-api (the host has {host}): {detail}; \
-         rebuild the plugin against orbit-plugin-api {host}"
+        "it was built against an incompatible orbit-plugin-api (the plugin has {plugin}, the \
+         host has {host}): {detail}; rebuild the plugin against orbit-plugin-api {host}"
     )]
-    Incompatible { host: &'static str, detail: String },
+    Incompatible {
+        host: &'static str,
+        plugin: String,
+        detail: String,
+    },
     #[error("loading it failed: {0}")]
     Other(String),
 }
 
-fn classify(e: LibraryError) -> LoadError {
+fn classify(e: LibraryError, plugin_api: &str) -> LoadError {
+    let plugin = plugin_api.to_string();
     match e {
         LibraryError::OpenError { err, .. } => LoadError::NotALibrary(err.to_string()),
         LibraryError::GetSymbolError { .. } => LoadError::NotAPlugin,
+        e @ LibraryError::AbiInstability(_) => {
+            let full = e.to_string();
+            tracing::debug!("abi_stable's full layout report: {full}");
+            LoadError::Incompatible {
+                host: API_VERSION,
+                plugin,
+                detail: summarize_layout_report(&full),
+            }
+        }
         e @ (LibraryError::ParseVersionError(_)
         | LibraryError::IncompatibleVersionNumber { .. }
-        | LibraryError::AbiInstability(_)
         | LibraryError::InvalidAbiHeader(_)
         | LibraryError::InvalidCAbi { .. }) => LoadError::Incompatible {
             host: API_VERSION,
+            plugin,
             detail: one_line(&e.to_string()),
         },
         e => LoadError::Other(one_line(&e.to_string())),
     }
 }
 
-/// abi_stable's layout reports span many lines; keep them readable in one paragraph.
+/// abi_stable's layout report runs to hundreds of lines (both layouts in full). Keep what a
+/// person needs: which types differ (the path from the root module down) and abi_stable's
+/// error lines with expected and found values. The full report is logged at debug level.
+fn summarize_layout_report(report: &str) -> String {
+    let lines: Vec<&str> = report.lines().map(str::trim).collect();
+    let mut types: Vec<&str> = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
+    let mut in_error_path = false;
+    let mut i = 0;
+    while i < lines.len() {
+        let l = lines[i];
+        if let Some(n) = l.strip_suffix("error(s)inside:") {
+            in_error_path = n.trim().parse::<usize>().is_ok_and(|n| n > 0);
+        } else if l.starts_with("Layout of expected type") {
+            in_error_path = false;
+        } else if in_error_path {
+            if let Some(t) = l.strip_prefix("type:") {
+                if !t.starts_with("AFunctionPointer") && !types.contains(&t) {
+                    types.push(t);
+                }
+            }
+        }
+        if let Some(e) = l.strip_prefix("Error:") {
+            let value_after = |label: &str| {
+                lines[i + 1..]
+                    .iter()
+                    .take(4)
+                    .position(|x| *x == label)
+                    .and_then(|p| lines.get(i + 2 + p))
+                    .copied()
+                    .unwrap_or("?")
+            };
+            errors.push(format!(
+                "{e} (expected {}, found {})",
+                value_after("Expected:"),
+                value_after("Found:")
+            ));
+        }
+        i += 1;
+    }
+    if errors.is_empty() {
+        return one_line(report);
+    }
+    format!(
+        "the layout of {} differs: {}",
+        if types.is_empty() {
+            "the root module".to_string()
+        } else {
+            types.join(" → ")
+        },
+        errors.join("; ")
+    )
+}
+
+/// Keeps a multi-line message readable in one paragraph.
 fn one_line(s: &str) -> String {
     let mut out = String::new();
     for part in s.split('\n').map(str::trim).filter(|l| !l.is_empty()) {
@@ -70,11 +138,11 @@ fn one_line(s: &str) -> String {
 }
 
 pub fn load_library(path: &Path) -> Result<Library, LoadError> {
-    let header = lib_header_from_path(path).map_err(classify)?;
+    let header = lib_header_from_path(path).map_err(|e| classify(e, "?"))?;
+    let plugin_api = header.version_strings().version.as_str();
     let module = header
         .init_root_module::<PluginModuleRef>()
-        .map_err(classify)?;
-    let _ = PluginModuleRef::NAME;
+        .map_err(|e| classify(e, plugin_api))?;
     (module.init())(HostContext {
         log: super::logging::host_log,
         max_level: super::logging::max_level(),

@@ -5,7 +5,7 @@ mod loader;
 mod logging;
 mod search_path;
 
-pub use loader::{load_library, LoadError, Library};
+pub use loader::{load_library, Library, LoadError};
 pub use search_path::{SearchPath, SearchPathSource};
 
 use std::collections::BTreeMap;

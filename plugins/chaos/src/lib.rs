@@ -129,7 +129,9 @@ impl Injector {
             std::thread::sleep(self.faults.hang_for);
         }
         if self.faults.fatal_on_call == Some(call) {
-            return Err(PluginError::fatal(format!("chaos: fatal error on call {call}")));
+            return Err(PluginError::fatal(format!(
+                "chaos: fatal error on call {call}"
+            )));
         }
         let random_failure =
             self.faults.fail_probability > 0.0 && self.random() < self.faults.fail_probability;
@@ -181,7 +183,11 @@ impl Source for ChaosSource {
         })
     }
 
-    fn poll(&mut self, max_records: usize, _max_wait: Duration) -> Result<SourceBatch, PluginError> {
+    fn poll(
+        &mut self,
+        max_records: usize,
+        _max_wait: Duration,
+    ) -> Result<SourceBatch, PluginError> {
         self.injector.before_call()?;
         let n = (max_records as u64).min(self.count.saturating_sub(self.next));
         let mut batch = SourceBatch::with_capacity(n as usize);
@@ -218,7 +224,10 @@ impl Transform for ChaosTransform {
         self.injector.before_call()?;
         for (i, r) in batch.iter().enumerate() {
             if self.injector.rejects(r) {
-                out.fail(i, PluginError::rejected("chaos: record matches reject_where"));
+                out.fail(
+                    i,
+                    PluginError::rejected("chaos: record matches reject_where"),
+                );
             } else {
                 out.push(r.clone());
             }
@@ -258,7 +267,10 @@ impl Sink for ChaosSink {
         let mut buf = Vec::new();
         for (i, r) in batch.iter().enumerate() {
             if self.injector.rejects(r) {
-                outcome.fail(i, PluginError::rejected("chaos: record matches reject_where"));
+                outcome.fail(
+                    i,
+                    PluginError::rejected("chaos: record matches reject_where"),
+                );
             } else {
                 buf.extend_from_slice(r.value());
                 buf.push(b'\n');

@@ -61,7 +61,10 @@ impl Sink for FileSink {
             .append(true)
             .open(&config.path)
             .map_err(|e| {
-                PluginError::fatal(format!("cannot open {} for appending: {e}", config.path.display()))
+                PluginError::fatal(format!(
+                    "cannot open {} for appending: {e}",
+                    config.path.display()
+                ))
             })?;
         Ok(FileSink {
             path: config.path,
@@ -82,10 +85,13 @@ impl Sink for FileSink {
             .metadata()
             .map_err(|e| self.error("cannot stat", e))?
             .len();
-        let written = self
-            .file
-            .write_all(&self.buffer)
-            .and_then(|_| if self.fsync { self.file.sync_data() } else { Ok(()) });
+        let written = self.file.write_all(&self.buffer).and_then(|_| {
+            if self.fsync {
+                self.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
         if let Err(e) = written {
             // Leave no torn line behind for the retry.
             let _ = self.file.set_len(before);
@@ -95,7 +101,9 @@ impl Sink for FileSink {
     }
 
     fn close(&mut self) -> Result<(), PluginError> {
-        self.file.sync_all().map_err(|e| self.error("cannot fsync", e))
+        self.file
+            .sync_all()
+            .map_err(|e| self.error("cannot fsync", e))
     }
 }
 

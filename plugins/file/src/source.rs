@@ -5,9 +5,7 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use orbit_plugin_api::{
-    ConfigError, PluginError, Record, Source, SourceBatch, SourceContext,
-};
+use orbit_plugin_api::{ConfigError, PluginError, Record, Source, SourceBatch, SourceContext};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -61,7 +59,8 @@ impl Source for FileSource {
 
     fn open(config: Config, ctx: SourceContext) -> Result<Self, PluginError> {
         let stream = config.path.display().to_string();
-        let file = File::open(&config.path).map_err(|e| io_error(&config.path, "cannot open", e))?;
+        let file =
+            File::open(&config.path).map_err(|e| io_error(&config.path, "cannot open", e))?;
         let len = file
             .metadata()
             .map_err(|e| io_error(&config.path, "cannot stat", e))?

@@ -106,7 +106,10 @@ impl Source for Generate {
         parse_template(&config.template)?;
         if let Some(r) = config.rate {
             if !(r > 0.0 && r.is_finite()) {
-                return Err(ConfigError::new("rate", "must be a positive number of records per second"));
+                return Err(ConfigError::new(
+                    "rate",
+                    "must be a positive number of records per second",
+                ));
             }
         }
         Ok(())
@@ -151,7 +154,10 @@ impl Source for Generate {
         }
         let mut batch = SourceBatch::with_capacity(n as usize);
         let now = SystemTime::now();
-        let ts_ms = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
+        let ts_ms = now
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as i64;
         let ts = humantime::format_rfc3339_millis(now).to_string();
         let mut value = Vec::with_capacity(256);
         for _ in 0..n {
@@ -180,10 +186,8 @@ impl Source for Generate {
     }
 }
 
-export_plugin!(PluginBuilder::new("generate", env!("CARGO_PKG_VERSION")).source::<Generate>(
-    "generate",
-    "synthetic records from a template"
-));
+export_plugin!(PluginBuilder::new("generate", env!("CARGO_PKG_VERSION"))
+    .source::<Generate>("generate", "synthetic records from a template"));
 
 #[cfg(test)]
 mod tests {
@@ -200,7 +204,10 @@ mod tests {
                 Part::TimestampMs
             ]
         );
-        assert_eq!(parse_template("{{nope}}").unwrap_err().path.as_str(), "template");
+        assert_eq!(
+            parse_template("{{nope}}").unwrap_err().path.as_str(),
+            "template"
+        );
     }
 
     #[test]
@@ -208,7 +215,11 @@ mod tests {
         let ctx = SourceContext {
             pipeline: "p".into(),
             stage: "source".into(),
-            offsets: vec![orbit_plugin_api::Position::new("generate", 0, 6u64.to_be_bytes())],
+            offsets: vec![orbit_plugin_api::Position::new(
+                "generate",
+                0,
+                6u64.to_be_bytes(),
+            )],
         };
         let cfg: Config = serde_json::from_str(r#"{"count":10,"template":"{{seq}}"}"#).unwrap();
         let mut g = Generate::open(cfg, ctx).unwrap();

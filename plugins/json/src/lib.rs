@@ -232,10 +232,8 @@ impl Transform for Json {
     }
 }
 
-export_plugin!(PluginBuilder::new("json", env!("CARGO_PKG_VERSION")).transform::<Json>(
-    "json",
-    "set, rename, drop fields; filter records"
-));
+export_plugin!(PluginBuilder::new("json", env!("CARGO_PKG_VERSION"))
+    .transform::<Json>("json", "set, rename, drop fields; filter records"));
 
 #[cfg(test)]
 mod tests {
@@ -244,11 +242,19 @@ mod tests {
     fn json(cfg: &str) -> Json {
         let c: Config = serde_json::from_str(cfg).unwrap();
         Json::validate(&c).unwrap();
-        Json::open(c, TransformContext { pipeline: "p".into(), stage: "t".into() }).unwrap()
+        Json::open(
+            c,
+            TransformContext {
+                pipeline: "p".into(),
+                stage: "t".into(),
+            },
+        )
+        .unwrap()
     }
 
     fn run(t: &Json, v: &str) -> Result<Option<String>, String> {
-        t.apply(v.as_bytes()).map(|o| o.map(|b| String::from_utf8(b).unwrap()))
+        t.apply(v.as_bytes())
+            .map(|o| o.map(|b| String::from_utf8(b).unwrap()))
     }
 
     #[test]
@@ -262,7 +268,9 @@ mod tests {
 
     #[test]
     fn filters() {
-        let t = json(r#"{"keep_if":{"field":"st","in":["paid","new"]},"drop_if":{"field":"n","gt":5}}"#);
+        let t = json(
+            r#"{"keep_if":{"field":"st","in":["paid","new"]},"drop_if":{"field":"n","gt":5}}"#,
+        );
         assert!(run(&t, r#"{"st":"paid","n":1}"#).unwrap().is_some());
         assert!(run(&t, r#"{"st":"void","n":1}"#).unwrap().is_none());
         assert!(run(&t, r#"{"st":"new","n":9}"#).unwrap().is_none());

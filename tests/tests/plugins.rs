@@ -1,0 +1,143 @@
+//! Plugins built outside the workspace: the one docs/PLUGINS.md describes must build and run;
+//! one built against a plugin-api with another layout must be refused with a clear error.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use orbit_e2e::*;
+
+/// The fenced code block of docs/PLUGINS.md whose first line is `first_line`.
+fn doc_block(first_line: &str) -> String {
+    let doc = std::fs::read_to_string(workspace_root().join("docs/PLUGINS.md")).unwrap();
+    let mut in_block = false;
+    let mut block = Vec::new();
+    for line in doc.lines() {
+        if line.starts_with("```") {
+            if in_block {
+                if block.first().map(|l: &&str| l.trim()) == Some(first_line) {
+                    return block.join("\n") + "\n";
+                }
+                block.clear();
+            }
+            in_block = !in_block;
+            continue;
+        }
+        if in_block {
+            block.push(line);
+        }
+    }
+    panic!("docs/PLUGINS.md has no block starting with {first_line}");
+}
+
+/// Writes the documented plugin into `dir` as a crate named `name`, with `features` enabled on
+/// orbit-plugin-api, builds it into a shared fixtures target dir and returns the library.
+fn build_doc_plugin(dir: &Path, name: &str, features: &str) -> PathBuf {
+    let api = workspace_root().join("plugin-api");
+    let manifest = doc_block("# Cargo.toml")
+        .replace(
+            "name = \"orbit-plugin-uppercase\"",
+            &format!("name = \"{name}\""),
+        )
+        .replace(
+            "orbit-plugin-api = { path = \"../orbit/plugin-api\" }",
+            &format!(
+                "orbit-plugin-api = {{ path = \"{}\", features = [{features}] }}",
+                api.display()
+            ),
+        );
+    assert!(
+        manifest.contains(&api.display().to_string()),
+        "the doc's dependency line changed"
+    );
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(dir.join("Cargo.toml"), manifest).unwrap();
+    std::fs::write(dir.join("src/lib.rs"), doc_block("// src/lib.rs")).unwrap();
+    let target = workspace_root().join("target/fixtures");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "--target-dir"])
+        .arg(&target)
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "building {name} failed");
+    target
+        .join("debug")
+        .join(format!("lib{}.so", name.replace('-', "_")))
+}
+
+/// A plugin directory holding the workspace's own plugins plus `extra`.
+fn plugin_dir(s: &Scratch, extra: &[(&Path, &str)]) -> PathBuf {
+    build_workspace();
+    let dir = s.path("plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    for lib in ["generate", "file", "json"] {
+        let name = format!("liborbit_plugin_{lib}.so");
+        std::fs::copy(target_dir().join(&name), dir.join(&name)).unwrap();
+    }
+    for (from, name) in extra {
+        std::fs::copy(from, dir.join(name)).unwrap();
+    }
+    dir
+}
+
+const PIPELINE: &str = r#"
+name: upper
+source: { plugin: generate, config: { count: 3000, template: 'order {{seq}}' } }
+transforms:
+  - plugin: uppercase
+    config: { suffix: "!" }
+sink: { plugin: file, config: { path: out.txt } }
+"#;
+
+#[test]
+fn the_plugin_in_the_docs_builds_out_of_tree_and_runs() {
+    let s = Scratch::new();
+    let lib = build_doc_plugin(&s.path("uppercase"), "orbit-plugin-uppercase", "");
+    let dir = plugin_dir(&s, &[(&lib, "liborbit_plugin_uppercase.so")]);
+    s.write("p.yaml", PIPELINE);
+    let dir_arg = dir.display().to_string();
+
+    let listed = s.run(&["plugins", "--plugin-dir", &dir_arg]);
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    assert!(
+        text(&listed.stdout).contains("uppercase"),
+        "{}",
+        text(&listed.stdout)
+    );
+
+    let out = s.run(&["p.yaml", "--plugin-dir", &dir_arg, "--progress", "0s"]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let lines = s.lines("out.txt");
+    assert_eq!(lines.len(), 3000);
+    assert_eq!(lines[0], "ORDER 0!");
+    assert_eq!(lines[2999], "ORDER 2999!");
+    // The plugin's own log line reached the host's log, tagged with its name.
+    assert!(
+        err.contains("uppercase ready") && err.contains("plugin=\"uppercase\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_plugin_built_against_another_plugin_api_layout_is_refused() {
+    let s = Scratch::new();
+    let lib = build_doc_plugin(
+        &s.path("mismatch"),
+        "orbit-plugin-mismatch",
+        "\"__layout_mismatch_for_tests\"",
+    );
+    let dir = plugin_dir(&s, &[(&lib, "liborbit_plugin_uppercase.so")]);
+    s.write("p.yaml", PIPELINE);
+    let out = s.run(&["p.yaml", "--plugin-dir", &dir.display().to_string()]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("liborbit_plugin_uppercase.so refused: it was built against an incompatible orbit-plugin-api"),
+        "{err}"
+    );
+    // abi_stable's own words name the type whose layout differs.
+    assert!(err.contains("Manifest"), "{err}");
+    assert!(!s.path("out.txt").exists(), "nothing may be written");
+}
