@@ -1,5 +1,8 @@
 //! `orbit-host`: run, validate and list.
 
+// See lib.rs: diagnostics are cold-path values.
+#![allow(clippy::result_large_err)]
+
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -113,9 +113,7 @@ fn resolve_stage(
                 component.library.path.display(),
                 e.message
             ),
-            format!(
-                "correct the value; `orbit-host plugins` lists the plugins and docs/CONFIG.md their keys"
-            ),
+            "correct the value; `orbit-host plugins` lists the plugins and docs/CONFIG.md their keys",
         ));
     }
     Ok(ResolvedStage {

@@ -19,6 +19,7 @@ mod stage;
 mod stats;
 
 pub use build::{resolve, ResolvedStage};
+pub use stage::{StageId, StageInstance};
 pub use stats::{Stats, Summary};
 
 use std::sync::{Arc, Mutex};
@@ -35,7 +36,6 @@ use crate::config::{BatchSpec, PipelineSpec, StageRole, Tolerance};
 use crate::offsets::{to_positions, FileOffsetStore, OffsetStoreError, Offsets};
 use acks::AckTracker;
 use dead_letter::{DeadLetterRequest, RecordFailures};
-use stage::{StageId, StageInstance};
 
 /// Why a pipeline stopped without finishing.
 #[derive(Debug, thiserror::Error)]
@@ -414,65 +414,40 @@ async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
         if tx.is_none() && tracker.in_flight() == 0 {
             break Ok(());
         }
-        let event = tokio::select! {
-            biased;
-            _ = shared.failed.cancelled() => SourceEvent::Failed,
-            Some(id) = completions.recv() => SourceEvent::Completed(id),
-            _ = shutdown.cancelled(), if tx.is_some() => SourceEvent::Shutdown,
-            _ = sleep_until(drain_deadline) => SourceEvent::GraceExpired,
-            Some(permit) = reserve(&tx) => SourceEvent::Permit(permit),
-        };
+        // The event borrows `tx` (a send permit); the block ends the borrow before `tx` changes.
         let mut stop_polling = false;
-        match { event } {
-            SourceEvent::Failed => break Ok(()),
-            SourceEvent::Shutdown => {
-                tracing::info!(
-                    in_flight_batches = tracker.in_flight(),
-                    "shutting down: stopped polling, draining in-flight batches"
-                );
-                stop_polling = true;
-                drain_deadline = Some(tokio::time::Instant::now() + grace);
-            }
-            SourceEvent::GraceExpired => {
-                tracing::warn!(
-                    in_flight_batches = tracker.in_flight(),
-                    grace = %humantime::format_duration(grace),
-                    "grace period over with batches undelivered; their positions stay unacknowledged and will be read again"
-                );
-                break Ok(());
-            }
-            SourceEvent::Completed(id) => {
-                tracker.complete(id);
-                while let Ok(id) = completions.try_recv() {
-                    tracker.complete(id);
+        {
+            let event = tokio::select! {
+                biased;
+                _ = shared.failed.cancelled() => SourceEvent::Failed,
+                Some(id) = completions.recv() => SourceEvent::Completed(id),
+                _ = shutdown.cancelled(), if tx.is_some() => SourceEvent::Shutdown,
+                _ = sleep_until(drain_deadline) => SourceEvent::GraceExpired,
+                Some(permit) = reserve(&tx) => SourceEvent::Permit(permit),
+            };
+            match event {
+                SourceEvent::Failed => break Ok(()),
+                SourceEvent::Shutdown => {
+                    tracing::info!(
+                        in_flight_batches = tracker.in_flight(),
+                        "shutting down: stopped polling, draining in-flight batches"
+                    );
+                    stop_polling = true;
+                    drain_deadline = Some(tokio::time::Instant::now() + grace);
                 }
-                if let Err(e) = acknowledge(
-                    &mut source,
-                    &mut tracker,
-                    &mut offsets,
-                    &offsets_tx,
-                    &shared,
-                )
-                .await
-                {
-                    break Err(e);
+                SourceEvent::GraceExpired => {
+                    tracing::warn!(
+                        in_flight_batches = tracker.in_flight(),
+                        grace = %humantime::format_duration(grace),
+                        "grace period over with batches undelivered; their positions stay unacknowledged and will be read again"
+                    );
+                    break Ok(());
                 }
-            }
-            SourceEvent::Permit(permit) => {
-                let polled = source
-                    .call(move |s| s.poll(max_records, max_wait_ms).into_result())
-                    .await;
-                let out = match polled {
-                    Ok(out) => out,
-                    Err(e) => break Err(shared.stage_error(&source.id, e)),
-                };
-                let id = next_id;
-                next_id += 1;
-                tracker.register(id, out.positions.into_vec());
-                shared.stats.record_polled(out.records.len());
-                if out.records.is_empty() {
-                    drop(permit);
+                SourceEvent::Completed(id) => {
                     tracker.complete(id);
+                    while let Ok(id) = completions.try_recv() {
+                        tracker.complete(id);
+                    }
                     if let Err(e) = acknowledge(
                         &mut source,
                         &mut tracker,
@@ -484,15 +459,43 @@ async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
                     {
                         break Err(e);
                     }
-                } else {
-                    permit.send(Batch {
-                        id,
-                        records: out.records,
-                    });
                 }
-                if out.end_of_stream {
-                    tracing::info!("source reached the end of its input; draining");
-                    stop_polling = true;
+                SourceEvent::Permit(permit) => {
+                    let polled = source
+                        .call(move |s| s.poll(max_records, max_wait_ms).into_result())
+                        .await;
+                    let out = match polled {
+                        Ok(out) => out,
+                        Err(e) => break Err(shared.stage_error(&source.id, e)),
+                    };
+                    let id = next_id;
+                    next_id += 1;
+                    tracker.register(id, out.positions.into_vec());
+                    shared.stats.record_polled(out.records.len());
+                    if out.records.is_empty() {
+                        drop(permit);
+                        tracker.complete(id);
+                        if let Err(e) = acknowledge(
+                            &mut source,
+                            &mut tracker,
+                            &mut offsets,
+                            &offsets_tx,
+                            &shared,
+                        )
+                        .await
+                        {
+                            break Err(e);
+                        }
+                    } else {
+                        permit.send(Batch {
+                            id,
+                            records: out.records,
+                        });
+                    }
+                    if out.end_of_stream {
+                        tracing::info!("source reached the end of its input; draining");
+                        stop_polling = true;
+                    }
                 }
             }
         }

@@ -1,4 +1,5 @@
-//! `generate` source: synthetic records from a template, for demos, tests and benchmarks.
+//! `generate` source: synthetic records from a template, for demos, tests and benchmarks;
+//! and `blackhole`, a sink that discards.
 //!
 //! ```yaml
 //! source:
@@ -17,11 +18,12 @@
 //! Delivery: nothing external can fail. Duplicates after a crash are the records generated
 //! after the last stored offset; the dedup key is `seq`.
 
+use std::io::Write as _;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use orbit_plugin_api::{
-    export_plugin, ConfigError, PluginBuilder, PluginError, Record, Source, SourceBatch,
-    SourceContext,
+    export_plugin, ConfigError, PluginBuilder, PluginError, Record, Sink, SinkContext, Source,
+    SourceBatch, SourceContext, WriteOutcome,
 };
 use serde::Deserialize;
 
@@ -159,23 +161,28 @@ impl Source for Generate {
             .unwrap_or_default()
             .as_millis() as i64;
         let ts = humantime::format_rfc3339_millis(now).to_string();
-        let mut value = Vec::with_capacity(256);
+        let mut size_hint = 64;
         for _ in 0..n {
             let seq = self.next;
-            value.clear();
+            let mut value = Vec::with_capacity(size_hint);
             for p in &self.parts {
                 match p {
                     Part::Text(t) => value.extend_from_slice(t.as_bytes()),
-                    Part::Seq => value.extend_from_slice(seq.to_string().as_bytes()),
+                    Part::Seq => {
+                        let _ = write!(value, "{seq}");
+                    }
                     Part::Timestamp => value.extend_from_slice(ts.as_bytes()),
-                    Part::TimestampMs => value.extend_from_slice(ts_ms.to_string().as_bytes()),
+                    Part::TimestampMs => {
+                        let _ = write!(value, "{ts_ms}");
+                    }
                 }
             }
-            batch.push(
-                Record::new(value.clone())
-                    .with_timestamp_ms(ts_ms)
-                    .with_position(self.stream.clone(), 0, seq.to_be_bytes()),
-            );
+            size_hint = value.len() + 8;
+            batch.push(Record::new(value).with_timestamp_ms(ts_ms).with_position(
+                self.stream.clone(),
+                0,
+                seq.to_be_bytes(),
+            ));
             self.next += 1;
         }
         self.emitted_this_run += n;
@@ -186,8 +193,37 @@ impl Source for Generate {
     }
 }
 
+/// `blackhole` sink: accepts and discards every record (for benchmarks and for measuring a
+/// source or transform alone). Logs the count when it closes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlackholeConfig {}
+
+pub struct Blackhole {
+    received: u64,
+}
+
+impl Sink for Blackhole {
+    type Config = BlackholeConfig;
+
+    fn open(_config: BlackholeConfig, _ctx: SinkContext) -> Result<Self, PluginError> {
+        Ok(Blackhole { received: 0 })
+    }
+
+    fn write(&mut self, batch: &[Record]) -> Result<WriteOutcome, PluginError> {
+        self.received += batch.len() as u64;
+        Ok(WriteOutcome::ok())
+    }
+
+    fn close(&mut self) -> Result<(), PluginError> {
+        tracing::info!(records = self.received, "blackhole discarded its records");
+        Ok(())
+    }
+}
+
 export_plugin!(PluginBuilder::new("generate", env!("CARGO_PKG_VERSION"))
-    .source::<Generate>("generate", "synthetic records from a template"));
+    .source::<Generate>("generate", "synthetic records from a template")
+    .sink::<Blackhole>("blackhole", "discards records (benchmarks)"));
 
 #[cfg(test)]
 mod tests {

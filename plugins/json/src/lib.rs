@@ -181,9 +181,10 @@ impl Json {
         for (path, v) in &self.config.set {
             insert(map, path, v.clone());
         }
-        serde_json::to_vec(&doc)
-            .map(Some)
-            .map_err(|e| format!("cannot serialize: {e}"))
+        // Sized for the usual case (a few fields added) so serialization does not reallocate.
+        let mut out = Vec::with_capacity(value.len() + value.len() / 4 + 32);
+        serde_json::to_writer(&mut out, &doc).map_err(|e| format!("cannot serialize: {e}"))?;
+        Ok(Some(out))
     }
 }
 

@@ -1,0 +1,99 @@
+//! The cost of calling a plugin: one `write` of a batch to the `blackhole` sink (it only
+//! counts) through the stable ABI, bare and
+//! through the host's `StageInstance::call` (blocking pool hop), beside a plain Rust `dyn`
+//! call doing the same nothing. Per-record cost = time / batch size.
+//!
+//! Needs the release plugins: `cargo build --release --workspace && cargo bench -p orbit-host`.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+
+use abi_stable::std_types::{RSlice, RString, RVec};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use orbit_host::pipeline::StageInstance;
+use orbit_host::plugin::load_library;
+use orbit_plugin_api::ffi::{SinkBox, StageContextFfi};
+use orbit_plugin_api::Record;
+
+fn blackhole_sink() -> SinkBox {
+    let lib = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/release/liborbit_plugin_generate.so");
+    let lib = load_library(&lib).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run `cargo build --release --workspace` first",
+            lib.display()
+        )
+    });
+    (lib.module.create_sink())(
+        "blackhole".into(),
+        StageContextFfi {
+            pipeline: RString::from("bench"),
+            stage: RString::from("sink"),
+            config: RString::from("{}"),
+        },
+    )
+    .into_result()
+    .expect("blackhole sink")
+}
+
+fn batch(n: usize) -> RVec<Record> {
+    (0..n)
+        .map(|i| Record::new(vec![b'x'; 250]).with_position("bench", 0, (i as u64).to_be_bytes()))
+        .collect()
+}
+
+trait PlainSink {
+    fn write(&mut self, batch: &[Record]) -> usize;
+}
+
+struct Noop;
+
+impl PlainSink for Noop {
+    #[inline(never)]
+    fn write(&mut self, batch: &[Record]) -> usize {
+        batch.len()
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("sink_write_call");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let mut sink = blackhole_sink();
+    let mut staged = StageInstance::new("sink".into(), "blackhole".into(), blackhole_sink());
+    let mut plain: Box<dyn PlainSink> = Box::new(Noop);
+    for n in [1usize, 64, 1024] {
+        let records = batch(n);
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::new("rust_dyn", n), &records, |b, r| {
+            b.iter(|| black_box(plain.write(black_box(r.as_slice()))))
+        });
+        group.bench_with_input(BenchmarkId::new("abi_stable", n), &records, |b, r| {
+            b.iter(|| black_box(sink.write(RSlice::from_slice(black_box(r.as_slice())))))
+        });
+        let shared = std::sync::Arc::new(records.clone());
+        // As the pipeline does it: awaited from a task on the runtime, one call after another.
+        group.bench_with_input(BenchmarkId::new("host_stage_call", n), &shared, |b, r| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = std::time::Instant::now();
+                    for _ in 0..iters {
+                        let r = r.clone();
+                        black_box(
+                            staged
+                                .call(move |s| s.write(RSlice::from_slice(r.as_slice())).is_ok())
+                                .await,
+                        );
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
