@@ -132,7 +132,7 @@ mod tests {
         assert_eq!(k.find("name"), Some((1, 1)));
         assert_eq!(k.find("source.config.path"), Some((5, 5)));
         assert_eq!(k.find("transforms[0].plugin"), Some((7, 5)));
-        assert_eq!(k.find("transforms[0].config.set.a"), Some((8, 20)));
+        assert_eq!(k.find("transforms[0].config.set.a"), Some((8, 22)));
         // An unknown key falls back to its nearest known ancestor.
         assert_eq!(k.find("source.config.nope"), Some((4, 3)));
     }

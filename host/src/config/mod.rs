@@ -383,7 +383,7 @@ mod tests {
     fn unknown_key_names_line_and_column() {
         let e =
             parse(&GOOD.replace("  plugin: file\n", "  plugin: file\n  confg: 1\n")).unwrap_err();
-        assert_eq!((e.line, e.column), (Some(6), Some(3)), "{e}");
+        assert_eq!((e.line, e.column), (Some(7), Some(3)), "{e}");
         assert!(e.message.contains("unknown field `confg`"), "{e}");
     }
 

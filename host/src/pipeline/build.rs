@@ -81,9 +81,10 @@ fn resolve_stage(
         )
     })?;
 
-    let config_value = match &spec.config {
-        serde_yaml::Value::Null => serde_json::Value::Object(Default::default()),
-        v => serde_json::to_value(v).map_err(|e| {
+    // Serialized straight from the YAML value so that maps keep the order the user wrote.
+    let config_json = match &spec.config {
+        serde_yaml::Value::Null => "{}".to_string(),
+        v => serde_json::to_string(v).map_err(|e| {
             file.error_at(
                 &format!("{key}.config"),
                 format!("the config cannot be passed to the plugin as JSON: {e}"),
@@ -91,7 +92,6 @@ fn resolve_stage(
             )
         })?,
     };
-    let config_json = config_value.to_string();
     let validate = component.library.module.validate();
     if let Err(e) = validate(
         kind,

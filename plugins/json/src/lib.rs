@@ -16,8 +16,6 @@
 //! needs one, is rejected (dead-lettered with `errors.tolerance: all`). Records filtered out
 //! are dropped on purpose: they count as delivered and their positions are acknowledged.
 
-use std::collections::BTreeMap;
-
 use orbit_plugin_api::{
     export_plugin, ConfigError, PluginBuilder, PluginError, Record, Transform, TransformContext,
     TransformOutput,
@@ -25,15 +23,19 @@ use orbit_plugin_api::{
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+/// `old: new` pairs; a JSON object keeps the order the user wrote (serde_json's
+/// `preserve_order`).
+type IndexedRenames = indexmap::IndexMap<String, String>;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Fields to set (created or replaced), by path.
+    /// Fields to set (created or replaced), by path, in the order written.
     #[serde(default)]
-    set: BTreeMap<String, Value>,
-    /// Fields to rename: old path → new path.
+    set: Map<String, Value>,
+    /// Fields to rename: old path → new path, in the order written.
     #[serde(default)]
-    rename: BTreeMap<String, String>,
+    rename: IndexedRenames,
     /// Fields to remove, by path.
     #[serde(default)]
     drop: Vec<String>,
