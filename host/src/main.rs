@@ -241,7 +241,7 @@ fn expand(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
 }
 
 fn run(pipelines: Vec<Pipeline>) -> ExitCode {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("orbit-host")
         .build()
