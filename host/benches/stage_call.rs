@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use abi_stable::std_types::{RSlice, RString, RVec};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use orbit_host::pipeline::StageInstance;
+use orbit_host::pipeline::{StageId, StageInstance};
 use orbit_host::plugin::load_library;
 use orbit_plugin_api::ffi::{SinkBox, StageContextFfi};
 use orbit_plugin_api::Record;
@@ -62,7 +62,14 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let mut sink = blackhole_sink();
-    let mut staged = StageInstance::new("sink".into(), "blackhole".into(), blackhole_sink());
+    let mut staged = StageInstance::with_instance(
+        StageId {
+            stage: "sink".into(),
+            plugin: "blackhole".into(),
+        },
+        blackhole_sink(),
+        std::sync::Arc::new(|| Ok(blackhole_sink())),
+    );
     let mut plain: Box<dyn PlainSink> = Box::new(Noop);
     for n in [1usize, 64, 1024] {
         let records = batch(n);
@@ -83,8 +90,11 @@ fn bench(c: &mut Criterion) {
                         let r = r.clone();
                         black_box(
                             staged
-                                .call(move |s| s.write(RSlice::from_slice(r.as_slice())).is_ok())
-                                .await,
+                                .call(move |s| {
+                                    Ok(s.write(RSlice::from_slice(r.as_slice())).is_ok())
+                                })
+                                .await
+                                .expect("blackhole accepts"),
                         );
                     }
                     start.elapsed()

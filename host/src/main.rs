@@ -246,7 +246,7 @@ fn run(pipelines: Vec<Pipeline>) -> ExitCode {
         .thread_name("orbit-host")
         .build()
         .expect("tokio runtime");
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
         let mut set = tokio::task::JoinSet::new();
@@ -276,7 +276,11 @@ fn run(pipelines: Vec<Pipeline>) -> ExitCode {
         } else {
             ExitCode::SUCCESS
         }
-    })
+    });
+    // A call abandoned after a timeout may still be running on a blocking thread; it holds
+    // nothing that is acknowledged, so do not wait for it.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    code
 }
 
 /// First SIGINT or SIGTERM: drain and stop. Second: exit at once (offsets already persisted

@@ -164,34 +164,38 @@ batch: { max_records: 100, max_wait: 5ms }
 }
 
 #[test]
-fn a_plugin_panic_fails_its_pipeline_cleanly_and_other_pipelines_finish() {
+fn a_plugin_that_keeps_panicking_fails_its_pipeline_cleanly_and_other_pipelines_finish() {
     for (stage, yaml) in [
         (
             "source",
-            "source: { plugin: chaos, config: { count: 5000, panic_on_call: 2 } }\nsink: { plugin: file, config: { path: out.txt } }",
+            "source: { plugin: chaos, config: { count: 5000, panic_from_call: 2 } }\nsink: { plugin: file, config: { path: out.txt } }",
         ),
         (
             "transforms[0]",
-            "source: { plugin: chaos, config: { count: 5000 } }\ntransforms: [ { plugin: chaos, config: { panic_on_call: 2 } } ]\nsink: { plugin: file, config: { path: out.txt } }",
+            "source: { plugin: chaos, config: { count: 5000 } }\ntransforms: [ { plugin: chaos, config: { panic_from_call: 2 } } ]\nsink: { plugin: file, config: { path: out.txt } }",
         ),
         (
             "sink",
-            "source: { plugin: chaos, config: { count: 5000 } }\nsink: { plugin: chaos, config: { panic_on_call: 2, path: out.txt } }",
+            "source: { plugin: chaos, config: { count: 5000 } }\nsink: { plugin: chaos, config: { panic_from_call: 2, path: out.txt } }",
         ),
     ] {
         let s = Scratch::new();
-        s.write("pipes/a-panics.yaml", &format!("name: panics\n{yaml}\nbatch: {{ max_records: 100 }}\n"));
+        s.write(
+            "pipes/a-panics.yaml",
+            &format!("name: panics\n{yaml}\nbatch: {{ max_records: 100 }}\ndefaults: {{ policy: {{ restart: {{ max_restarts: 2, backoff: 10ms }}, retry: {{ initial_backoff: 1ms }} }} }}\n"),
+        );
         s.write(
             "pipes/b-fine.yaml",
             "name: fine\nsource: { plugin: generate, config: { count: 30000, template: '{{seq}}' } }\nsink: { plugin: file, config: { path: fine.txt } }\n",
         );
         let out = s.run(&["pipes", "--progress", "0s"]);
         let err = text(&out.stderr);
-        // Exit code 1 (not a signal, not an abort): the host caught the panic.
+        // Exit code 1 (not a signal, not an abort): the host caught every panic.
         assert_eq!(out.status.code(), Some(1), "{stage}: {err}");
         assert!(
-            err.contains(&format!("stage `{stage}` (plugin `chaos`) failed: panicked error: plugin panicked at"))
-                && err.contains("chaos: panic on call 2"),
+            err.contains(&format!("stage `{stage}` (plugin `chaos`) failed: fatal error: the stage was restarted 2 times"))
+                && err.contains("panicked error: plugin panicked at")
+                && err.contains("chaos: panic on call 4"),
             "{stage}: {err}"
         );
         // The other pipeline in the same host ran to its end.
@@ -206,4 +210,37 @@ fn a_plugin_panic_fails_its_pipeline_cleanly_and_other_pipelines_finish() {
             assert!(u64::from_be_bytes(b.try_into().unwrap()) < 100, "{stage}");
         }
     }
+}
+
+#[test]
+fn file_source_in_follow_mode_picks_up_appended_lines_until_stopped() {
+    let s = Scratch::new();
+    s.write("in.txt", "a\nb\n");
+    s.write(
+        "p.yaml",
+        "name: tail\nsource: { plugin: file, config: { path: in.txt, follow: true, poll_interval: 20ms } }\nsink: { plugin: file, config: { path: out.txt } }\n",
+    );
+    let mut child = s.spawn(&["p.yaml", "--progress", "0s"]);
+    wait_for("the first lines", Duration::from_secs(30), || {
+        s.lines("out.txt").len() == 2
+    });
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(s.path("in.txt"))
+            .unwrap();
+        f.write_all(b"c\nd").unwrap(); // `d` has no newline yet: not a line until it does
+        f.flush().unwrap();
+        wait_for("the appended line", Duration::from_secs(30), || {
+            s.lines("out.txt").len() == 3
+        });
+        f.write_all(b"\n").unwrap();
+    }
+    wait_for("the completed line", Duration::from_secs(30), || {
+        s.lines("out.txt").len() == 4
+    });
+    signal(&child, libc::SIGTERM);
+    assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
+    assert_eq!(s.lines("out.txt"), vec!["a", "b", "c", "d"]);
 }

@@ -203,3 +203,47 @@ fn every_example_pipeline_validates() {
     }
     assert!(checked >= 1);
 }
+
+#[test]
+fn bad_policy_values_point_at_their_key() {
+    for (policy, position, key) in [
+        (
+            "rate_limit: { records_per_second: 10, burst: 0 }",
+            "p.yaml:12:",
+            "sink.policy.rate_limit.burst",
+        ),
+        (
+            "circuit_breaker: { failure_threshold: 0 }",
+            "p.yaml:12:",
+            "sink.policy.circuit_breaker.failure_threshold",
+        ),
+        (
+            "retry: { max_attempts: 0 }",
+            "p.yaml:12:",
+            "sink.policy.retry.max_attempts",
+        ),
+        ("timeout: 0s", "p.yaml:12:", "sink.policy.timeout"),
+    ] {
+        let err = fails(&format!("{GOOD}  policy: {{ {policy} }}\n"), &[]);
+        assert!(
+            err.contains(position) && err.contains(&format!("at `{key}`")),
+            "{policy}: {err}"
+        );
+        assert!(err.contains("invalid policy value"), "{err}");
+    }
+    // A negative duration is not a duration: serde reports it at its position.
+    let err = fails(&format!("{GOOD}  policy: {{ timeout: -1s }}\n"), &[]);
+    assert!(
+        err.contains("p.yaml:12:") && err.contains("timeout"),
+        "{err}"
+    );
+    // Defaults are checked too.
+    let err = fails(
+        &format!("{GOOD}defaults:\n  policy:\n    circuit_breaker: {{ open_for: 0ms }}\n"),
+        &[],
+    );
+    assert!(
+        err.contains("p.yaml:14:") && err.contains("at `defaults.policy.circuit_breaker.open_for`"),
+        "{err}"
+    );
+}

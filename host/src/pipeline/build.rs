@@ -5,6 +5,7 @@ use orbit_plugin_api::ffi::ComponentKind;
 
 use crate::config::{Diagnostic, PipelineFile, PipelineSpec, StageRole, StageSpec};
 use crate::plugin::{Component, Registry};
+use crate::policy::{self, ResolvedPolicy};
 
 /// A stage whose component was found and whose config the plugin accepted.
 #[derive(Clone)]
@@ -15,6 +16,8 @@ pub struct ResolvedStage {
     /// The `config:` block as JSON text.
     pub config_json: String,
     pub spec: StageSpec,
+    /// The stage's `policy:` over the pipeline's `defaults.policy`, defaults filled in.
+    pub policy: ResolvedPolicy,
 }
 
 fn kind_for(role: StageRole) -> ComponentKind {
@@ -27,6 +30,7 @@ fn kind_for(role: StageRole) -> ComponentKind {
 
 /// Resolves and validates every stage of a pipeline file against the registry.
 pub fn resolve(file: &PipelineFile, registry: &Registry) -> Result<Vec<ResolvedStage>, Diagnostic> {
+    check_policy(file, "defaults.policy", &file.spec.defaults.policy)?;
     file.spec
         .stages()
         .into_iter()
@@ -42,6 +46,7 @@ fn resolve_stage(
 ) -> Result<ResolvedStage, Diagnostic> {
     let kind = kind_for(role);
     let key = role.key_path();
+    check_policy(file, &format!("{key}.policy"), &spec.policy)?;
     let component = registry.get(kind, &spec.plugin).cloned().ok_or_else(|| {
         let other_kinds = registry.kinds_of(&spec.plugin);
         if !other_kinds.is_empty() {
@@ -122,6 +127,21 @@ fn resolve_stage(
         component,
         config_json,
         spec: spec.clone(),
+        policy: ResolvedPolicy::resolve(&policy::merge(&spec.policy, &file.spec.defaults.policy)),
+    })
+}
+
+fn check_policy(
+    file: &PipelineFile,
+    key: &str,
+    p: &crate::config::PolicySpec,
+) -> Result<(), Diagnostic> {
+    policy::validate(p).map_err(|e| {
+        file.error_at(
+            &format!("{key}.{}", e.key),
+            format!("invalid policy value: `{}` {}", e.key, e.message),
+            "docs/CONFIG.md lists every policy key with its default",
+        )
     })
 }
 

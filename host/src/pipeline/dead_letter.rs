@@ -16,15 +16,23 @@ use std::sync::Arc;
 
 use abi_stable::std_types::RVec;
 use base64::Engine as _;
-use orbit_plugin_api::ffi::{RecordFailureFfi, SinkBox};
+use orbit_plugin_api::ffi::SinkBox;
 use orbit_plugin_api::{PluginError, Record};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
-use super::stage::{StageId, StageInstance};
-use super::{PipelineError, Shared};
+use super::{PipelineError, Shared, Stage, StageId};
 use crate::config::Tolerance;
+use crate::policy::CallError;
 
-pub struct RecordFailures(pub RVec<RecordFailureFfi>);
+/// One record a stage failed, by its index in the stage's input batch.
+pub struct Failure {
+    pub index: usize,
+    pub error: PluginError,
+    /// Calls made for the record before it was given up.
+    pub attempts: u32,
+}
 
 pub struct DeadLetterRequest {
     records: RVec<Record>,
@@ -45,14 +53,13 @@ fn describe_position(r: &Record) -> String {
 pub(super) async fn handle(
     shared: &Shared,
     stage: &StageId,
-    input: &RVec<Record>,
-    failures: RecordFailures,
+    input: &[Record],
+    failures: Vec<Failure>,
 ) -> Result<(), PipelineError> {
-    let failures = failures.0;
     if failures.is_empty() {
         return Ok(());
     }
-    if let Some(bad) = failures.iter().find(|f| f.index as usize >= input.len()) {
+    if let Some(bad) = failures.iter().find(|f| f.index >= input.len()) {
         return Err(shared.stage_error(
             stage,
             PluginError::fatal(format!(
@@ -68,20 +75,20 @@ pub(super) async fn handle(
             pipeline: shared.pipeline.clone(),
             stage: stage.stage.clone(),
             plugin: stage.plugin.clone(),
-            position: describe_position(&input[first.index as usize]),
+            position: describe_position(&input[first.index]),
             error: first.error.clone(),
         });
     };
     let mut records = RVec::with_capacity(failures.len());
-    for f in failures.iter() {
-        let original = &input[f.index as usize];
+    for f in &failures {
+        let original = &input[f.index];
         let mut r = original.clone();
         r.push_header("orbit.dlq.pipeline", shared.pipeline.as_bytes());
         r.push_header("orbit.dlq.stage", stage.stage.as_bytes());
         r.push_header("orbit.dlq.plugin", stage.plugin.as_bytes());
         r.push_header("orbit.dlq.error_kind", f.error.kind().as_str());
         r.push_header("orbit.dlq.error", f.error.message());
-        r.push_header("orbit.dlq.attempts", "1");
+        r.push_header("orbit.dlq.attempts", f.attempts.to_string());
         r.push_header("orbit.dlq.stream", original.stream.as_bytes());
         r.push_header("orbit.dlq.partition", original.partition.to_string());
         r.push_header(
@@ -100,50 +107,73 @@ pub(super) async fn handle(
     match result {
         Some(Ok(())) => {
             shared.stats.record_dead_lettered(count);
+            tracing::debug!(count, "records dead-lettered");
             Ok(())
         }
-        // The dead-letter task reported (and recorded) its own failure.
         Some(Err(error)) => Err(PipelineError::DeadLetter {
             pipeline: shared.pipeline.clone(),
-            plugin: stage.plugin.clone(),
+            plugin: shared.dead_letter_plugin.clone(),
             error,
         }),
         None => Err(PipelineError::DeadLetter {
             pipeline: shared.pipeline.clone(),
-            plugin: stage.plugin.clone(),
+            plugin: shared.dead_letter_plugin.clone(),
             error: PluginError::fatal("the dead-letter stage has stopped"),
         }),
     }
 }
 
-/// Owns the dead-letter sink and writes what the stages send it.
+/// Owns the dead-letter sink and writes what the stages send it, through its own policy.
+/// Anything it cannot write (after retries) fails the pipeline: a dead letter is never lost.
+///
+/// It ends when `done` is cancelled (every other stage has ended, so no request can come).
 pub(super) async fn run(
-    mut stage: StageInstance<SinkBox>,
+    mut stage: Stage<SinkBox>,
     mut rx: mpsc::Receiver<DeadLetterRequest>,
     shared: Arc<Shared>,
+    done: CancellationToken,
 ) -> Result<(), PipelineError> {
-    while let Some(req) = rx.recv().await {
-        let records = req.records;
-        let (_records, result) = stage
-            .call(move |s| {
-                let r = s.write(records.as_rslice()).into_result();
-                (records, r)
-            })
-            .await;
-        let result = match result {
-            Ok(out) if out.failures.is_empty() => Ok(()),
-            Ok(out) => Err(out.failures[0].error.clone()),
-            Err(e) => Err(e),
-        };
-        let failed = result.is_err();
-        let _ = req.reply.send(result);
-        if failed {
-            break;
+    let span = stage.instance.span().clone();
+    async {
+        loop {
+            let req = tokio::select! {
+                biased;
+                req = rx.recv() => req,
+                _ = done.cancelled() => None,
+            };
+            let Some(req) = req else { break };
+            let records = Arc::new(req.records);
+            let n = records.len();
+            let input = records.clone();
+            let result = stage
+                .policy
+                .call(&mut stage.instance, n, &shared.stop, move |s| {
+                    s.write(input.as_rslice()).into_result()
+                })
+                .await;
+            let result = match result {
+                Ok((out, _)) if out.failures.is_empty() => Ok(()),
+                Ok((out, _)) => Err(out.failures[0].error.clone()),
+                Err(CallError::Stopped) => Err(PluginError::fatal("the pipeline is stopping")),
+                Err(
+                    CallError::Exhausted { error, .. }
+                    | CallError::Rejected { error, .. }
+                    | CallError::Fatal { error },
+                ) => Err(error),
+            };
+            let failed = result.is_err();
+            let _ = req.reply.send(result);
+            if failed {
+                break;
+            }
         }
     }
-    let _ = shared;
-    if let Err(e) = stage.call(|s| s.close().into_result()).await {
-        tracing::warn!("closing the dead-letter sink failed: {e}");
-    }
+    .instrument(span.clone())
+    .await;
+    stage
+        .instance
+        .close(|s| s.close().into_result())
+        .instrument(span)
+        .await;
     Ok(())
 }

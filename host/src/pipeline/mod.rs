@@ -8,9 +8,11 @@
 //!     └────────── completed batch ids ◀──────────┘ (and from transforms that emptied a batch)
 //! ```
 //!
-//! The source task owns the source instance, the [`acks::AckTracker`] and the offsets. Records
-//! a transform or sink fails go to the dead-letter task (with `errors.tolerance: all`) before
-//! their batch counts as finished, or stop the pipeline (`none`).
+//! The source task owns the source instance, the [`acks::AckTracker`] and the offsets. Every
+//! plugin call goes through the stage's [`PolicyStack`] (retry, breaker, rate limit, timeout,
+//! restarts). Records a transform or sink fails go to the dead-letter task (with
+//! `errors.tolerance: all`) before their batch counts as finished, or stop the pipeline
+//! (`none`).
 
 mod acks;
 mod build;
@@ -19,23 +21,24 @@ mod stage;
 mod stats;
 
 pub use build::{resolve, ResolvedStage};
-pub use stage::{StageId, StageInstance};
+pub use stage::{Factory, StageId, StageInstance};
 pub use stats::{Stats, Summary};
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use abi_stable::std_types::{RResult, RString, RVec};
+use abi_stable::std_types::{RString, RVec};
 use orbit_plugin_api::ffi::{SinkBox, SourceBox, SourceContextFfi, StageContextFfi, TransformBox};
-use orbit_plugin_api::{PluginError, Record};
+use orbit_plugin_api::{ErrorKind, PluginError, Record};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::config::{BatchSpec, PipelineSpec, StageRole, Tolerance};
 use crate::offsets::{to_positions, FileOffsetStore, OffsetStoreError, Offsets};
+use crate::policy::{CallError, PolicyMetrics, PolicyStack};
 use acks::AckTracker;
-use dead_letter::{DeadLetterRequest, RecordFailures};
+use dead_letter::{DeadLetterRequest, Failure};
 
 /// Why a pipeline stopped without finishing.
 #[derive(Debug, thiserror::Error)]
@@ -86,11 +89,14 @@ struct Shared {
     pipeline: String,
     tolerance: Tolerance,
     stats: Arc<Stats>,
-    /// Cancelled when any task fails; the others stop without finishing their batches.
-    failed: CancellationToken,
+    /// Cancelled when any task fails or the grace period ends; the others stop after their
+    /// current call without finishing their batches.
+    stop: CancellationToken,
     failure: Mutex<Option<PipelineError>>,
     completions: mpsc::UnboundedSender<u64>,
     dead_letters: Option<mpsc::Sender<DeadLetterRequest>>,
+    /// The dead-letter sink's component name, for errors.
+    dead_letter_plugin: String,
 }
 
 impl Shared {
@@ -100,7 +106,18 @@ impl Shared {
             tracing::error!(pipeline = %self.pipeline, "{error}");
             *slot = Some(error);
         }
-        self.failed.cancel();
+        self.stop.cancel();
+    }
+
+    /// Turns a policy verdict on a source call into the pipeline's error (or `None` when the
+    /// pipeline is stopping anyway).
+    fn source_error(&self, stage: &StageId, e: CallError) -> Option<PipelineError> {
+        match e {
+            CallError::Stopped => None,
+            CallError::Exhausted { error, .. }
+            | CallError::Rejected { error, .. }
+            | CallError::Fatal { error } => Some(self.stage_error(stage, error)),
+        }
     }
 
     fn stage_error(&self, stage: &StageId, error: PluginError) -> PipelineError {
@@ -137,6 +154,80 @@ fn stage_ctx(pipeline: &str, s: &ResolvedStage) -> StageContextFfi {
     }
 }
 
+fn stage_id(s: &ResolvedStage) -> StageId {
+    StageId {
+        stage: s.name.clone(),
+        plugin: s.component.name.clone(),
+    }
+}
+
+fn transform_factory(pipeline: &str, s: &ResolvedStage) -> Factory<TransformBox> {
+    let module = s.component.library.module;
+    let name = s.component.name.clone();
+    let ctx = stage_ctx(pipeline, s);
+    Arc::new(move || (module.create_transform())(name.as_str().into(), ctx.clone()).into_result())
+}
+
+fn sink_factory(pipeline: &str, s: &ResolvedStage) -> Factory<SinkBox> {
+    let module = s.component.library.module;
+    let name = s.component.name.clone();
+    let ctx = stage_ctx(pipeline, s);
+    Arc::new(move || (module.create_sink())(name.as_str().into(), ctx.clone()).into_result())
+}
+
+/// A source is reopened from the offsets acknowledged so far, read when it is (re)created.
+fn source_factory(
+    pipeline: &str,
+    s: &ResolvedStage,
+    offsets: Arc<Mutex<Offsets>>,
+) -> Factory<SourceBox> {
+    let module = s.component.library.module;
+    let name = s.component.name.clone();
+    let (pipeline, stage, config) = (
+        RString::from(pipeline),
+        RString::from(s.name.as_str()),
+        RString::from(s.config_json.as_str()),
+    );
+    Arc::new(move || {
+        let ctx = SourceContextFfi {
+            pipeline: pipeline.clone(),
+            stage: stage.clone(),
+            config: config.clone(),
+            offsets: to_positions(&offsets.lock().expect("offsets lock")).into(),
+        };
+        (module.create_source())(name.as_str().into(), ctx).into_result()
+    })
+}
+
+/// A stage's instance with its policies.
+struct Stage<T> {
+    instance: StageInstance<T>,
+    policy: PolicyStack,
+}
+
+impl<T: Send + 'static> Stage<T> {
+    fn new(s: &ResolvedStage, factory: Factory<T>) -> Self {
+        Stage {
+            instance: StageInstance::new(stage_id(s), factory),
+            policy: PolicyStack::new(&s.policy),
+        }
+    }
+
+    /// Creates the first instance (through retry and breaker).
+    async fn start(&mut self, shared: &Shared) -> Result<(), Option<PipelineError>> {
+        let span = self.instance.span().clone();
+        self.policy
+            .ensure_instance(&mut self.instance, &shared.stop)
+            .instrument(span)
+            .await
+            .map_err(|e| shared.source_error(&self.instance.id, e))
+    }
+
+    fn metrics(&self) -> (StageId, Arc<PolicyMetrics>) {
+        (self.instance.id.clone(), self.policy.metrics.clone())
+    }
+}
+
 impl Pipeline {
     fn stage(&self, role: StageRole) -> Option<&ResolvedStage> {
         self.stages.iter().find(|s| s.role == role)
@@ -154,15 +245,14 @@ impl Pipeline {
         let started = Instant::now();
         let stats = Arc::new(Stats::default());
 
-        let offsets_err = |source| PipelineError::Offsets {
-            pipeline: name.clone(),
-            source,
-        };
         let store = self.store.clone();
         let offsets = tokio::task::spawn_blocking(move || store.load())
             .await
             .expect("offset load")
-            .map_err(offsets_err)?;
+            .map_err(|source| PipelineError::Offsets {
+                pipeline: name.clone(),
+                source,
+            })?;
         if !offsets.is_empty() {
             tracing::info!(
                 partitions = offsets.len(),
@@ -170,61 +260,64 @@ impl Pipeline {
                 "resuming from stored offsets"
             );
         }
-
-        // Create every instance before any record moves, so a bad config or an unreachable
-        // server fails the pipeline with nothing read.
-        let source_spec = self.stage(StageRole::Source).expect("a source").clone();
-        let source_ctx = SourceContextFfi {
-            pipeline: RString::from(name.as_str()),
-            stage: RString::from(source_spec.name.as_str()),
-            config: RString::from(source_spec.config_json.as_str()),
-            offsets: to_positions(&offsets).into(),
-        };
-        let source: SourceBox = create(&name, &source_spec, |m, n| {
-            (m.create_source())(n, source_ctx)
-        })
-        .await?;
-        let mut transforms: Vec<StageInstance<TransformBox>> = Vec::new();
-        for i in 0..self.spec.transforms.len() {
-            let s = self
-                .stage(StageRole::Transform(i))
-                .expect("resolved")
-                .clone();
-            let ctx = stage_ctx(&name, &s);
-            let t = create(&name, &s, |m, n| (m.create_transform())(n, ctx)).await?;
-            transforms.push(StageInstance::new(
-                s.name.clone(),
-                s.component.name.clone(),
-                t,
-            ));
-        }
-        let sink_spec = self.stage(StageRole::Sink).expect("a sink").clone();
-        let ctx = stage_ctx(&name, &sink_spec);
-        let sink: SinkBox = create(&name, &sink_spec, |m, n| (m.create_sink())(n, ctx)).await?;
-        let dead_letter_sink = match self.stage(StageRole::DeadLetter) {
-            Some(s) if self.spec.errors.tolerance == Tolerance::All => {
-                let ctx = stage_ctx(&name, s);
-                let d: SinkBox = create(&name, s, |m, n| (m.create_sink())(n, ctx)).await?;
-                Some(StageInstance::new(
-                    s.name.clone(),
-                    s.component.name.clone(),
-                    d,
-                ))
-            }
-            _ => None,
-        };
+        let acked_offsets = Arc::new(Mutex::new(offsets.clone()));
 
         let (completions_tx, completions_rx) = mpsc::unbounded_channel();
         let (dead_letter_tx, dead_letter_rx) = mpsc::channel(1);
+        let has_dead_letters = self.spec.errors.tolerance == Tolerance::All
+            && self.stage(StageRole::DeadLetter).is_some();
         let shared = Arc::new(Shared {
             pipeline: name.clone(),
             tolerance: self.spec.errors.tolerance,
             stats: stats.clone(),
-            failed: CancellationToken::new(),
+            stop: CancellationToken::new(),
             failure: Mutex::new(None),
             completions: completions_tx,
-            dead_letters: dead_letter_sink.as_ref().map(|_| dead_letter_tx),
+            dead_letters: has_dead_letters.then_some(dead_letter_tx),
+            dead_letter_plugin: self
+                .stage(StageRole::DeadLetter)
+                .map(|s| s.component.name.clone())
+                .unwrap_or_default(),
         });
+        let fail_early = |e: Option<PipelineError>| {
+            e.unwrap_or_else(|| PipelineError::Stage {
+                pipeline: name.clone(),
+                stage: "source".into(),
+                plugin: String::new(),
+                error: PluginError::fatal("stopped before it started"),
+            })
+        };
+
+        // Create every instance before any record moves, so a bad config or an unreachable
+        // server fails the pipeline with nothing read.
+        let source_spec = self.stage(StageRole::Source).expect("a source").clone();
+        let mut source = Stage::new(
+            &source_spec,
+            source_factory(&name, &source_spec, acked_offsets.clone()),
+        );
+        source.start(&shared).await.map_err(fail_early)?;
+        let mut transforms = Vec::new();
+        for i in 0..self.spec.transforms.len() {
+            let s = self.stage(StageRole::Transform(i)).expect("resolved");
+            let mut t = Stage::new(s, transform_factory(&name, s));
+            t.start(&shared).await.map_err(fail_early)?;
+            transforms.push(t);
+        }
+        let sink_spec = self.stage(StageRole::Sink).expect("a sink");
+        let mut sink = Stage::new(sink_spec, sink_factory(&name, sink_spec));
+        sink.start(&shared).await.map_err(fail_early)?;
+        let mut dead_letter_sink = None;
+        if has_dead_letters {
+            let s = self.stage(StageRole::DeadLetter).expect("checked");
+            let mut d = Stage::new(s, sink_factory(&name, s));
+            d.start(&shared).await.map_err(fail_early)?;
+            dead_letter_sink = Some(d);
+        }
+
+        let mut metrics = vec![source.metrics()];
+        metrics.extend(transforms.iter().map(Stage::metrics));
+        metrics.push(sink.metrics());
+        metrics.extend(dead_letter_sink.iter().map(Stage::metrics));
 
         let mut tasks = tokio::task::JoinSet::new();
         let (offsets_tx, offsets_rx) = watch::channel(offsets.clone());
@@ -242,24 +335,16 @@ impl Pipeline {
             );
             rx = next_rx;
         }
-        let sink = StageInstance::new(
-            sink_spec.name.clone(),
-            sink_spec.component.name.clone(),
-            sink,
-        );
         spawn_stage(&mut tasks, &shared, run_sink(sink, rx, shared.clone()));
+        let dead_letters_done = CancellationToken::new();
+        let mut dead_letter_task = tokio::task::JoinSet::new();
         if let Some(d) = dead_letter_sink {
             spawn_stage(
-                &mut tasks,
+                &mut dead_letter_task,
                 &shared,
-                dead_letter::run(d, dead_letter_rx, shared.clone()),
+                dead_letter::run(d, dead_letter_rx, shared.clone(), dead_letters_done.clone()),
             );
         }
-        let source = StageInstance::new(
-            source_spec.name.clone(),
-            source_spec.component.name.clone(),
-            source,
-        );
         let progress = (!self.progress_every.is_zero()).then(|| {
             tokio::spawn(stats::log_progress(stats.clone(), self.progress_every).in_current_span())
         });
@@ -270,6 +355,7 @@ impl Pipeline {
             shared: shared.clone(),
             shutdown,
             offsets,
+            acked_offsets,
             offsets_tx,
             batch: self.spec.batch.clone(),
             grace: self.grace,
@@ -279,17 +365,21 @@ impl Pipeline {
             shared.fail(e);
         }
         // Stages end when their input closes, or after their current call when the pipeline
-        // failed.
+        // is stopping.
         while tasks.join_next().await.is_some() {}
+        dead_letters_done.cancel();
+        while dead_letter_task.join_next().await.is_some() {}
         if let Some(p) = progress {
             p.abort();
         }
-        match persister.await.expect("offset persister") {
-            Ok(()) => {}
-            Err(e) => shared.fail(PipelineError::Offsets {
+        if let Err(e) = persister.await.expect("offset persister") {
+            shared.fail(PipelineError::Offsets {
                 pipeline: name.clone(),
                 source: e,
-            }),
+            });
+        }
+        for (id, m) in &metrics {
+            stats::log_policy_events(id, m);
         }
         let summary = stats.summary(started.elapsed());
         if let Some(e) = shared.failure.lock().expect("failure lock").take() {
@@ -317,29 +407,6 @@ fn spawn_stage(
     );
 }
 
-async fn create<T: Send + 'static>(
-    pipeline: &str,
-    stage: &ResolvedStage,
-    f: impl FnOnce(
-            orbit_plugin_api::ffi::PluginModuleRef,
-            abi_stable::std_types::RStr<'_>,
-        ) -> RResult<T, PluginError>
-        + Send
-        + 'static,
-) -> Result<T, PipelineError> {
-    let module = stage.component.library.module;
-    let component = stage.component.name.clone();
-    tokio::task::spawn_blocking(move || f(module, component.as_str().into()).into_result())
-        .await
-        .expect("the SDK catches panics in factories")
-        .map_err(|error| PipelineError::Stage {
-            pipeline: pipeline.to_string(),
-            stage: stage.name.clone(),
-            plugin: stage.component.name.clone(),
-            error,
-        })
-}
-
 /// Writes the latest acknowledged offsets whenever they change, coalescing updates that arrive
 /// while a write is in progress; writes the final value once the source task is done.
 async fn persist_offsets(
@@ -365,19 +432,21 @@ async fn persist_offsets(
 }
 
 struct SourceTask {
-    source: StageInstance<SourceBox>,
+    source: Stage<SourceBox>,
     tx: mpsc::Sender<Batch>,
     completions: mpsc::UnboundedReceiver<u64>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     offsets: Offsets,
+    /// What a recreated source resumes from.
+    acked_offsets: Arc<Mutex<Offsets>>,
     offsets_tx: watch::Sender<Offsets>,
     batch: BatchSpec,
     grace: Duration,
 }
 
 enum SourceEvent<'a> {
-    Failed,
+    Stopped,
     Shutdown,
     Completed(u64),
     Permit(mpsc::Permit<'a, Batch>),
@@ -391,6 +460,19 @@ async fn reserve(tx: &Option<mpsc::Sender<Batch>>) -> Option<mpsc::Permit<'_, Ba
     }
 }
 
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Why the source loop ended.
+enum Ended {
+    Done,
+    Failed(PipelineError),
+}
+
 async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
     let SourceTask {
         mut source,
@@ -399,6 +481,7 @@ async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
         shared,
         shutdown,
         mut offsets,
+        acked_offsets,
         offsets_tx,
         batch,
         grace,
@@ -409,27 +492,35 @@ async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     let max_records = batch.max_records.min(u32::MAX as usize) as u32;
     let max_wait_ms = batch.max_wait.as_millis().min(u64::MAX as u128) as u64;
+    let span = source.instance.span().clone();
+    let mut acks = Acknowledger {
+        tracker: &mut tracker,
+        offsets: &mut offsets,
+        acked_offsets: &acked_offsets,
+        offsets_tx: &offsets_tx,
+        shared: &shared,
+    };
 
-    let result = loop {
-        if tx.is_none() && tracker.in_flight() == 0 {
-            break Ok(());
+    let ended = loop {
+        if tx.is_none() && acks.tracker.in_flight() == 0 {
+            break Ended::Done;
         }
         // The event borrows `tx` (a send permit); the block ends the borrow before `tx` changes.
         let mut stop_polling = false;
         {
             let event = tokio::select! {
                 biased;
-                _ = shared.failed.cancelled() => SourceEvent::Failed,
+                _ = shared.stop.cancelled() => SourceEvent::Stopped,
                 Some(id) = completions.recv() => SourceEvent::Completed(id),
                 _ = shutdown.cancelled(), if tx.is_some() => SourceEvent::Shutdown,
                 _ = sleep_until(drain_deadline) => SourceEvent::GraceExpired,
                 Some(permit) = reserve(&tx) => SourceEvent::Permit(permit),
             };
             match event {
-                SourceEvent::Failed => break Ok(()),
+                SourceEvent::Stopped => break Ended::Done,
                 SourceEvent::Shutdown => {
                     tracing::info!(
-                        in_flight_batches = tracker.in_flight(),
+                        in_flight_batches = acks.tracker.in_flight(),
                         "shutting down: stopped polling, draining in-flight batches"
                     );
                     stop_polling = true;
@@ -437,54 +528,63 @@ async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
                 }
                 SourceEvent::GraceExpired => {
                     tracing::warn!(
-                        in_flight_batches = tracker.in_flight(),
+                        in_flight_batches = acks.tracker.in_flight(),
                         grace = %humantime::format_duration(grace),
                         "grace period over with batches undelivered; their positions stay unacknowledged and will be read again"
                     );
-                    break Ok(());
+                    shared.stop.cancel();
+                    break Ended::Done;
                 }
                 SourceEvent::Completed(id) => {
-                    tracker.complete(id);
+                    acks.tracker.complete(id);
                     while let Ok(id) = completions.try_recv() {
-                        tracker.complete(id);
+                        acks.tracker.complete(id);
                     }
-                    if let Err(e) = acknowledge(
-                        &mut source,
-                        &mut tracker,
-                        &mut offsets,
-                        &offsets_tx,
-                        &shared,
-                    )
-                    .await
-                    {
-                        break Err(e);
+                    if let Err(e) = acks.acknowledge(&mut source).instrument(span.clone()).await {
+                        break e.map_or(Ended::Done, Ended::Failed);
                     }
                 }
                 SourceEvent::Permit(permit) => {
                     let polled = source
-                        .call(move |s| s.poll(max_records, max_wait_ms).into_result())
+                        .policy
+                        .call(&mut source.instance, 0, &shared.stop, move |s| {
+                            s.poll(max_records, max_wait_ms).into_result()
+                        })
+                        .instrument(span.clone())
                         .await;
-                    let out = match polled {
-                        Ok(out) => out,
-                        Err(e) => break Err(shared.stage_error(&source.id, e)),
+                    let mut out = match polled {
+                        Ok((out, _attempts)) => out,
+                        Err(e) => {
+                            break shared
+                                .source_error(&source.instance.id, e)
+                                .map_or(Ended::Done, Ended::Failed)
+                        }
                     };
+                    let polled_count = out.records.len();
+                    shared.stats.record_polled(polled_count);
+                    // Rate limit after the poll: a source's batch size is known only now.
+                    let admitted = source.policy.sample(polled_count).await;
+                    if admitted < polled_count {
+                        out.records.truncate(admitted);
+                        shared.stats.record_dropped(polled_count - admitted);
+                    }
+                    if source
+                        .policy
+                        .throttle(out.records.len(), &shared.stop)
+                        .await
+                        .is_err()
+                    {
+                        break Ended::Done;
+                    }
                     let id = next_id;
                     next_id += 1;
-                    tracker.register(id, out.positions.into_vec());
-                    shared.stats.record_polled(out.records.len());
+                    acks.tracker.register(id, out.positions.into_vec());
                     if out.records.is_empty() {
                         drop(permit);
-                        tracker.complete(id);
-                        if let Err(e) = acknowledge(
-                            &mut source,
-                            &mut tracker,
-                            &mut offsets,
-                            &offsets_tx,
-                            &shared,
-                        )
-                        .await
+                        acks.tracker.complete(id);
+                        if let Err(e) = acks.acknowledge(&mut source).instrument(span.clone()).await
                         {
-                            break Err(e);
+                            break e.map_or(Ended::Done, Ended::Failed);
                         }
                     } else {
                         permit.send(Batch {
@@ -503,71 +603,136 @@ async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
             tx = None;
         }
     };
-    if let Err(e) = source.call(|s| s.close().into_result()).await {
-        tracing::warn!("closing the source failed: {e}");
-    }
-    drop(offsets_tx);
-    result
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Acknowledges the positions of the finished prefix of batches to the source and hands them
-/// to the offset store.
-async fn acknowledge(
-    source: &mut StageInstance<SourceBox>,
-    tracker: &mut AckTracker,
-    offsets: &mut Offsets,
-    offsets_tx: &watch::Sender<Offsets>,
-    shared: &Shared,
-) -> Result<(), PipelineError> {
-    let ready = tracker.take_ready();
-    if ready.is_empty() {
-        return Ok(());
-    }
-    for p in &ready {
-        offsets.insert((p.stream.to_string(), p.partition), p.offset.to_vec());
-    }
-    let positions: RVec<_> = ready.into();
     source
-        .call(move |s| s.ack(positions.as_rslice()).into_result())
-        .await
-        .map_err(|e| shared.stage_error(&source.id, e))?;
-    offsets_tx.send_replace(offsets.clone());
-    Ok(())
+        .instance
+        .close(|s| s.close().into_result())
+        .instrument(span)
+        .await;
+    drop(offsets_tx);
+    match ended {
+        Ended::Done => Ok(()),
+        Ended::Failed(e) => Err(e),
+    }
+}
+
+/// Acknowledges finished batches to the source and hands their offsets to the store.
+struct Acknowledger<'a> {
+    tracker: &'a mut AckTracker,
+    offsets: &'a mut Offsets,
+    acked_offsets: &'a Mutex<Offsets>,
+    offsets_tx: &'a watch::Sender<Offsets>,
+    shared: &'a Shared,
+}
+
+impl Acknowledger<'_> {
+    /// `Err(None)` when the pipeline is stopping.
+    async fn acknowledge(
+        &mut self,
+        source: &mut Stage<SourceBox>,
+    ) -> Result<(), Option<PipelineError>> {
+        let ready = self.tracker.take_ready();
+        if ready.is_empty() {
+            return Ok(());
+        }
+        for p in &ready {
+            self.offsets
+                .insert((p.stream.to_string(), p.partition), p.offset.to_vec());
+        }
+        let positions: Arc<RVec<_>> = Arc::new(ready.into());
+        source
+            .policy
+            .call(&mut source.instance, 0, &self.shared.stop, move |s| {
+                s.ack(positions.as_rslice()).into_result()
+            })
+            .await
+            .map_err(|e| self.shared.source_error(&source.instance.id, e))?;
+        *self.acked_offsets.lock().expect("offsets lock") = self.offsets.clone();
+        self.offsets_tx.send_replace(self.offsets.clone());
+        Ok(())
+    }
 }
 
 async fn recv(rx: &mut mpsc::Receiver<Batch>, shared: &Shared) -> Option<Batch> {
     tokio::select! {
         biased;
-        _ = shared.failed.cancelled() => None,
+        _ = shared.stop.cancelled() => None,
         b = rx.recv() => b,
     }
 }
 
+/// Every record of `input` failed with the same error (a whole-batch failure the policy gave
+/// up on, or a rejected batch).
+fn all_failed(len: usize, error: PluginError, attempts: u32) -> Vec<Failure> {
+    (0..len)
+        .map(|index| Failure {
+            index,
+            error: error.clone(),
+            attempts,
+        })
+        .collect()
+}
+
+/// Applies a stage's verdict on a batch: `Ok(Some(value))` to go on, `Ok(None)` when every
+/// record failed and was handled, `Err` to stop the stage.
+async fn settle<R>(
+    shared: &Shared,
+    id: &StageId,
+    input: &[Record],
+    result: Result<(R, u32), CallError>,
+) -> Result<Option<(R, u32)>, Option<PipelineError>> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(CallError::Stopped) => Err(None),
+        Err(CallError::Fatal { error }) => Err(Some(shared.stage_error(id, error))),
+        Err(CallError::Exhausted { error, attempts } | CallError::Rejected { error, attempts }) => {
+            dead_letter::handle(shared, id, input, all_failed(input.len(), error, attempts))
+                .await
+                .map_err(Some)?;
+            Ok(None)
+        }
+    }
+}
+
 async fn run_transform(
-    mut stage: StageInstance<TransformBox>,
+    mut stage: Stage<TransformBox>,
     mut rx: mpsc::Receiver<Batch>,
     tx: mpsc::Sender<Batch>,
     shared: Arc<Shared>,
 ) -> Result<(), PipelineError> {
+    let span = stage.instance.span().clone();
     let result = async {
-        while let Some(batch) = recv(&mut rx, &shared).await {
-            let records = batch.records;
-            let (records, result) = stage
-                .call(move |t| {
-                    let r = t.process(records.as_rslice()).into_result();
-                    (records, r)
+        while let Some(mut batch) = recv(&mut rx, &shared).await {
+            let before = batch.records.len();
+            let admitted = stage.policy.sample(before).await;
+            batch.records.truncate(admitted);
+            shared.stats.record_dropped(before - admitted);
+            let records = Arc::new(batch.records);
+            let input = records.clone();
+            let result = stage
+                .policy
+                .call(&mut stage.instance, admitted, &shared.stop, move |t| {
+                    t.process(input.as_rslice()).into_result()
                 })
                 .await;
-            let out = result.map_err(|e| shared.stage_error(&stage.id, e))?;
-            let failed = out.failures.len();
-            dead_letter::handle(&shared, &stage.id, &records, RecordFailures(out.failures)).await?;
+            let Some((out, attempts)) =
+                settle(&shared, &stage.instance.id, &records, result).await?
+            else {
+                shared.complete(batch.id);
+                continue;
+            };
+            let failures: Vec<Failure> = out
+                .failures
+                .iter()
+                .map(|f| Failure {
+                    index: f.index as usize,
+                    error: f.error.clone(),
+                    attempts,
+                })
+                .collect();
+            let failed = failures.len();
+            dead_letter::handle(&shared, &stage.instance.id, &records, failures)
+                .await
+                .map_err(Some)?;
             let kept = out.records.len();
             shared
                 .stats
@@ -582,51 +747,124 @@ async fn run_transform(
                 .await
                 .is_err()
             {
-                break; // the next stage is gone: the pipeline is failing
+                break; // the next stage is gone: the pipeline is stopping
             }
         }
-        Ok(())
+        Ok::<(), Option<PipelineError>>(())
     }
+    .instrument(span.clone())
     .await;
-    close(&mut stage, |t: &mut TransformBox| t.close().into_result()).await;
-    result
+    stage
+        .instance
+        .close(|t| t.close().into_result())
+        .instrument(span)
+        .await;
+    result.or_else(|e| e.map_or(Ok(()), Err))
 }
 
 async fn run_sink(
-    mut stage: StageInstance<SinkBox>,
+    mut stage: Stage<SinkBox>,
     mut rx: mpsc::Receiver<Batch>,
     shared: Arc<Shared>,
 ) -> Result<(), PipelineError> {
+    let span = stage.instance.span().clone();
     let result = async {
-        while let Some(batch) = recv(&mut rx, &shared).await {
-            let records = batch.records;
-            let (records, result) = stage
-                .call(move |s| {
-                    let r = s.write(records.as_rslice()).into_result();
-                    (records, r)
-                })
-                .await;
-            let out = result.map_err(|e| shared.stage_error(&stage.id, e))?;
-            let failed = out.failures.len();
-            dead_letter::handle(&shared, &stage.id, &records, RecordFailures(out.failures)).await?;
-            shared
-                .stats
-                .record_written(records.len() - failed.min(records.len()));
+        while let Some(mut batch) = recv(&mut rx, &shared).await {
+            let before = batch.records.len();
+            let admitted = stage.policy.sample(before).await;
+            batch.records.truncate(admitted);
+            shared.stats.record_dropped(before - admitted);
+            let written =
+                write_through_policy(&mut stage, &shared, Arc::new(batch.records)).await?;
+            shared.stats.record_written(written);
             shared.complete(batch.id);
         }
-        Ok(())
+        Ok::<(), Option<PipelineError>>(())
     }
+    .instrument(span.clone())
     .await;
-    close(&mut stage, |s: &mut SinkBox| s.close().into_result()).await;
-    result
+    stage
+        .instance
+        .close(|s| s.close().into_result())
+        .instrument(span)
+        .await;
+    result.or_else(|e| e.map_or(Ok(()), Err))
 }
 
-async fn close<T: Send + 'static>(
-    stage: &mut StageInstance<T>,
-    f: fn(&mut T) -> Result<(), PluginError>,
-) {
-    if let Err(e) = stage.call(f).await {
-        let _g = stage.span().enter();
-        tracing::warn!("closing failed: {e}");
+/// Writes a batch: retries the whole batch on retriable errors (inside the policy stack), then
+/// the records the sink failed individually with retriable errors (as a smaller batch), and
+/// dead-letters what is rejected or out of retries. Returns how many records were written.
+async fn write_through_policy(
+    stage: &mut Stage<SinkBox>,
+    shared: &Shared,
+    records: Arc<RVec<Record>>,
+) -> Result<usize, Option<PipelineError>> {
+    let started = Instant::now();
+    let mut total_attempts = 0u32;
+    let mut current = records;
+    let mut written = 0usize;
+    loop {
+        let input = current.clone();
+        let n = current.len();
+        let result = stage
+            .policy
+            .call(&mut stage.instance, n, &shared.stop, move |s| {
+                s.write(input.as_rslice()).into_result()
+            })
+            .await;
+        let Some((out, attempts)) = settle(shared, &stage.instance.id, &current, result).await?
+        else {
+            return Ok(written);
+        };
+        total_attempts += attempts;
+        written += n - out.failures.len().min(n);
+        let mut retry_indices = Vec::new();
+        let mut failures = Vec::new();
+        let mut retry_error = None;
+        for f in out.failures.iter() {
+            let index = f.index as usize;
+            if f.error.kind() == ErrorKind::Retriable && index < n {
+                retry_indices.push(index);
+                retry_error = Some(f.error.clone());
+            } else {
+                failures.push(Failure {
+                    index,
+                    error: f.error.clone(),
+                    attempts: total_attempts,
+                });
+            }
+        }
+        dead_letter::handle(shared, &stage.instance.id, &current, failures)
+            .await
+            .map_err(Some)?;
+        let Some(error) = retry_error else {
+            return Ok(written);
+        };
+        match stage
+            .policy
+            .record_failure(error.clone(), total_attempts, started, &shared.stop)
+            .await
+        {
+            Ok(()) => {
+                let subset: RVec<Record> =
+                    retry_indices.iter().map(|&i| current[i].clone()).collect();
+                current = Arc::new(subset);
+            }
+            Err(CallError::Stopped) => return Err(None),
+            Err(_) => {
+                let failures = retry_indices
+                    .iter()
+                    .map(|&index| Failure {
+                        index,
+                        error: error.clone(),
+                        attempts: total_attempts,
+                    })
+                    .collect();
+                dead_letter::handle(shared, &stage.instance.id, &current, failures)
+                    .await
+                    .map_err(Some)?;
+                return Ok(written);
+            }
+        }
     }
 }

@@ -2,8 +2,12 @@
 //!
 //! Plugin calls are synchronous across the ABI and may block (fsync, a broker round trip), so
 //! every call runs on tokio's blocking pool, never on an async worker. The instance moves into
-//! the blocking task and comes back with the result; it is only ever used by one call at a time.
+//! the blocking task and comes back with the result. If the call is abandoned (a timeout), the
+//! instance never comes back: the stage is "lost" and gets a new instance from its factory.
 
+use std::sync::Arc;
+
+use orbit_plugin_api::PluginError;
 use tracing::Instrument as _;
 
 /// Which stage this is, for errors and dead-letter headers.
@@ -15,38 +19,90 @@ pub struct StageId {
     pub plugin: String,
 }
 
-/// One instance of a source, transform or sink.
+/// Makes a new instance of a stage's component (blocking: it may connect somewhere).
+pub type Factory<T> = Arc<dyn Fn() -> Result<T, PluginError> + Send + Sync>;
+
+/// One stage's plugin instance, or the lack of one.
 pub struct StageInstance<T> {
     pub id: StageId,
     instance: Option<T>,
+    factory: Factory<T>,
+    created: bool,
     span: tracing::Span,
 }
 
 impl<T: Send + 'static> StageInstance<T> {
-    pub fn new(stage: String, plugin: String, instance: T) -> Self {
-        let span = tracing::info_span!("stage", stage = %stage, plugin = %plugin);
+    /// A stage with no instance yet; [`crate::policy::PolicyStack::ensure_instance`] makes it.
+    pub fn new(id: StageId, factory: Factory<T>) -> Self {
+        let span = tracing::info_span!("stage", stage = %id.stage, plugin = %id.plugin);
         StageInstance {
-            id: StageId { stage, plugin },
-            instance: Some(instance),
+            id,
+            instance: None,
+            factory,
+            created: false,
             span,
         }
+    }
+
+    /// A stage around an instance made elsewhere (benchmarks).
+    pub fn with_instance(id: StageId, instance: T, factory: Factory<T>) -> Self {
+        let mut s = Self::new(id, factory);
+        s.instance = Some(instance);
+        s.created = true;
+        s
     }
 
     pub fn span(&self) -> &tracing::Span {
         &self.span
     }
 
+    /// No usable instance: never made, panicked, or abandoned after a timeout.
+    pub fn is_lost(&self) -> bool {
+        self.instance.is_none()
+    }
+
+    /// Whether an instance was made before (so a new one is a restart).
+    pub fn was_created(&self) -> bool {
+        self.created
+    }
+
+    /// Forgets an instance whose call was abandoned; the blocking thread still owns it.
+    pub fn abandon(&mut self) {
+        self.instance = None;
+    }
+
+    /// Drops an instance that panicked (its state cannot be trusted), off the async thread.
+    pub fn discard(&mut self) {
+        if let Some(instance) = self.instance.take() {
+            tokio::task::spawn_blocking(move || drop(instance));
+        }
+    }
+
+    /// Makes a new instance through the factory.
+    pub async fn recreate(&mut self) -> Result<(), PluginError> {
+        let factory = self.factory.clone();
+        let span = self.span.clone();
+        let made = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            factory()
+        })
+        .await
+        .expect("the SDK catches panics in factories")?;
+        self.instance = Some(made);
+        self.created = true;
+        Ok(())
+    }
+
     /// Runs `f` on the instance in the blocking pool, inside the stage's span (so the plugin's
-    /// log events carry pipeline, stage and plugin).
-    pub async fn call<R, F>(&mut self, f: F) -> R
+    /// log events carry pipeline, stage and plugin). The instance must be present.
+    pub async fn call<R, F>(&mut self, f: F) -> Result<R, PluginError>
     where
         R: Send + 'static,
-        F: FnOnce(&mut T) -> R + Send + 'static,
+        F: FnOnce(&mut T) -> Result<R, PluginError> + Send + 'static,
     {
-        let mut instance = self
-            .instance
-            .take()
-            .expect("a stage instance serves one call at a time");
+        let Some(mut instance) = self.instance.take() else {
+            return Err(PluginError::retriable("the stage has no instance"));
+        };
         let span = self.span.clone();
         let (instance, result) = tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
@@ -58,5 +114,16 @@ impl<T: Send + 'static> StageInstance<T> {
         .expect("the SDK catches plugin panics; a join error means the host itself panicked");
         self.instance = Some(instance);
         result
+    }
+
+    /// Closes the instance, if there is one, logging a failure.
+    pub async fn close(&mut self, f: fn(&mut T) -> Result<(), PluginError>) {
+        if self.is_lost() {
+            return;
+        }
+        if let Err(e) = self.call(f).await {
+            let _g = self.span.enter();
+            tracing::warn!("closing failed: {e}");
+        }
     }
 }

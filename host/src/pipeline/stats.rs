@@ -92,3 +92,32 @@ pub async fn log_progress(stats: Arc<Stats>, every: Duration) {
         last_at = now;
     }
 }
+
+/// One line per stage that had policy events, at the end of a run.
+pub fn log_policy_events(id: &super::StageId, m: &crate::policy::PolicyMetrics) {
+    let get = |a: &AtomicU64| a.load(Relaxed);
+    let events = [
+        ("retries", get(&m.retries)),
+        ("breaker_opened", get(&m.breaker_opened)),
+        ("rate_limit_waits", get(&m.rate_limit_waits)),
+        ("rate_limit_dropped", get(&m.rate_limit_dropped)),
+        ("timeouts", get(&m.timeouts)),
+        ("panics", get(&m.panics)),
+        ("restarts", get(&m.restarts)),
+    ];
+    if events.iter().all(|(_, n)| *n == 0) {
+        return;
+    }
+    let text: Vec<String> = events
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect();
+    tracing::info!(
+        stage = %id.stage,
+        plugin = %id.plugin,
+        calls = get(&m.calls),
+        "policy events: {}",
+        text.join(" ")
+    );
+}

@@ -1,2 +1,521 @@
-//! Host policies around every stage call (retry, circuit breaker, rate limit, timeout).
-//! The schema is in [`crate::config::PolicySpec`]; the layers come with the policy issue.
+//! Host policies around every stage call, stacked in the order of DESIGN.md §4:
+//!
+//! ```text
+//! retry → circuit breaker → rate limit → timeout → plugin call
+//! ```
+//!
+//! Each policy is its own module and knows nothing of the others; [`PolicyStack::call`] is the
+//! one place they are composed. The same stack wraps the source, every transform, the sink and
+//! the dead-letter sink. Every event (retry, breaker transition, rate-limit wait or drop,
+//! timeout, restart) is a log line and a counter in [`PolicyMetrics`].
+
+pub mod breaker;
+pub mod rate_limit;
+pub mod restart;
+pub mod retry;
+pub mod timeout;
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use orbit_plugin_api::{ErrorKind, PluginError};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, PolicySpec};
+use crate::pipeline::StageInstance;
+use breaker::{BreakerPolicy, BreakerState, CircuitBreaker, Transition};
+use rate_limit::{Admission, OnLimit, RateLimitPolicy, RateLimiter};
+use restart::{RestartBudget, RestartPolicy};
+use retry::RetryPolicy;
+
+/// Every policy of one stage with defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedPolicy {
+    pub retry: RetryPolicy,
+    pub breaker: BreakerPolicy,
+    pub rate_limit: Option<RateLimitPolicy>,
+    pub timeout: Option<Duration>,
+    pub restart: RestartPolicy,
+}
+
+/// The default per-call timeout: long enough for any healthy batch, short enough that a hung
+/// plugin is noticed.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `stage` over `defaults`, key by key.
+pub fn merge(stage: &PolicySpec, defaults: &PolicySpec) -> PolicySpec {
+    fn pick<T: Clone>(a: &Option<T>, b: &Option<T>) -> Option<T> {
+        a.clone().or_else(|| b.clone())
+    }
+    let retry = match (&stage.retry, &defaults.retry) {
+        (Some(s), Some(d)) => Some(config::RetrySpec {
+            max_attempts: pick(&s.max_attempts, &d.max_attempts),
+            max_elapsed: pick(&s.max_elapsed, &d.max_elapsed),
+            initial_backoff: pick(&s.initial_backoff, &d.initial_backoff),
+            max_backoff: pick(&s.max_backoff, &d.max_backoff),
+            multiplier: pick(&s.multiplier, &d.multiplier),
+        }),
+        (s, d) => pick(s, d),
+    };
+    let circuit_breaker = match (&stage.circuit_breaker, &defaults.circuit_breaker) {
+        (Some(s), Some(d)) => Some(config::BreakerSpec {
+            failure_threshold: pick(&s.failure_threshold, &d.failure_threshold),
+            open_for: pick(&s.open_for, &d.open_for),
+            half_open_max_calls: pick(&s.half_open_max_calls, &d.half_open_max_calls),
+        }),
+        (s, d) => pick(s, d),
+    };
+    let rate_limit = match (&stage.rate_limit, &defaults.rate_limit) {
+        (Some(s), Some(d)) => Some(config::RateLimitSpec {
+            records_per_second: pick(&s.records_per_second, &d.records_per_second),
+            batches_per_second: pick(&s.batches_per_second, &d.batches_per_second),
+            burst: pick(&s.burst, &d.burst),
+            on_limit: pick(&s.on_limit, &d.on_limit),
+        }),
+        (s, d) => pick(s, d),
+    };
+    let restart = match (&stage.restart, &defaults.restart) {
+        (Some(s), Some(d)) => Some(config::RestartSpec {
+            max_restarts: pick(&s.max_restarts, &d.max_restarts),
+            window: pick(&s.window, &d.window),
+            backoff: pick(&s.backoff, &d.backoff),
+        }),
+        (s, d) => pick(s, d),
+    };
+    PolicySpec {
+        retry,
+        circuit_breaker,
+        rate_limit,
+        timeout: stage.timeout.or(defaults.timeout),
+        restart,
+    }
+}
+
+/// A bad policy value: the key (relative to `policy`) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    pub key: String,
+    pub message: String,
+}
+
+fn bad(key: &str, message: &str) -> PolicyError {
+    PolicyError {
+        key: key.to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// Checks one `policy:` block as written (before merging), so errors point at the user's key.
+pub fn validate(p: &PolicySpec) -> Result<(), PolicyError> {
+    let positive = |d: Option<Duration>, key: &str| match d {
+        Some(d) if d.is_zero() => Err(bad(key, "must be longer than 0")),
+        _ => Ok(()),
+    };
+    if let Some(r) = &p.retry {
+        if r.max_attempts == Some(0) {
+            return Err(bad(
+                "retry.max_attempts",
+                "must be at least 1 (1 means no retry)",
+            ));
+        }
+        positive(r.max_elapsed, "retry.max_elapsed")?;
+        positive(r.max_backoff, "retry.max_backoff")?;
+        if let Some(m) = r.multiplier {
+            if !(m >= 1.0 && m.is_finite()) {
+                return Err(bad("retry.multiplier", "must be a number ≥ 1"));
+            }
+        }
+        if let (Some(i), Some(m)) = (r.initial_backoff, r.max_backoff) {
+            if i > m {
+                return Err(bad("retry.initial_backoff", "must not exceed max_backoff"));
+            }
+        }
+    }
+    if let Some(b) = &p.circuit_breaker {
+        if b.failure_threshold == Some(0) {
+            return Err(bad(
+                "circuit_breaker.failure_threshold",
+                "must be at least 1",
+            ));
+        }
+        if b.half_open_max_calls == Some(0) {
+            return Err(bad(
+                "circuit_breaker.half_open_max_calls",
+                "must be at least 1",
+            ));
+        }
+        positive(b.open_for, "circuit_breaker.open_for")?;
+    }
+    if let Some(r) = &p.rate_limit {
+        for (v, key) in [
+            (r.records_per_second, "rate_limit.records_per_second"),
+            (r.batches_per_second, "rate_limit.batches_per_second"),
+        ] {
+            if let Some(v) = v {
+                if !(v > 0.0 && v.is_finite()) {
+                    return Err(bad(key, "must be a positive number"));
+                }
+            }
+        }
+        if r.records_per_second.is_none() && r.batches_per_second.is_none() {
+            return Err(bad(
+                "rate_limit",
+                "give records_per_second and/or batches_per_second",
+            ));
+        }
+        if r.burst == Some(0) {
+            return Err(bad("rate_limit.burst", "must be at least 1"));
+        }
+    }
+    positive(p.timeout, "timeout")?;
+    if let Some(r) = &p.restart {
+        positive(r.window, "restart.window")?;
+    }
+    Ok(())
+}
+
+impl ResolvedPolicy {
+    /// Fills in defaults for everything a merged spec leaves out.
+    pub fn resolve(p: &PolicySpec) -> ResolvedPolicy {
+        let r = p.retry.clone().unwrap_or_default();
+        let dr = RetryPolicy::default();
+        let b = p.circuit_breaker.clone().unwrap_or_default();
+        let db = BreakerPolicy::default();
+        let s = p.restart.clone().unwrap_or_default();
+        let ds = RestartPolicy::default();
+        ResolvedPolicy {
+            retry: RetryPolicy {
+                max_attempts: r.max_attempts,
+                max_elapsed: r.max_elapsed,
+                initial_backoff: r.initial_backoff.unwrap_or(dr.initial_backoff),
+                max_backoff: r.max_backoff.unwrap_or(dr.max_backoff),
+                multiplier: r.multiplier.unwrap_or(dr.multiplier),
+            },
+            breaker: BreakerPolicy {
+                failure_threshold: b.failure_threshold.unwrap_or(db.failure_threshold),
+                open_for: b.open_for.unwrap_or(db.open_for),
+                half_open_max_calls: b.half_open_max_calls.unwrap_or(db.half_open_max_calls),
+            },
+            rate_limit: p.rate_limit.as_ref().map(|r| RateLimitPolicy {
+                records_per_second: r.records_per_second,
+                batches_per_second: r.batches_per_second,
+                burst: r.burst,
+                on_limit: match r.on_limit {
+                    Some(config::OnLimit::Drop) => OnLimit::Drop,
+                    _ => OnLimit::Wait,
+                },
+            }),
+            timeout: Some(p.timeout.unwrap_or(DEFAULT_TIMEOUT)),
+            restart: RestartPolicy {
+                max_restarts: s.max_restarts.unwrap_or(ds.max_restarts),
+                window: s.window.unwrap_or(ds.window),
+                backoff: s.backoff.unwrap_or(ds.backoff),
+            },
+        }
+    }
+}
+
+/// Counters of one stage's policy events, for logs now and the metrics endpoint later.
+#[derive(Debug, Default)]
+pub struct PolicyMetrics {
+    pub calls: AtomicU64,
+    pub retries: AtomicU64,
+    pub breaker_opened: AtomicU64,
+    /// 0 closed, 1 open, 2 half-open.
+    pub breaker_state: AtomicU8,
+    pub rate_limit_waits: AtomicU64,
+    pub rate_limit_wait_micros: AtomicU64,
+    pub rate_limit_dropped: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub panics: AtomicU64,
+    pub restarts: AtomicU64,
+}
+
+/// Why a call through the stack did not succeed.
+#[derive(Debug, Clone)]
+pub enum CallError {
+    /// Retriable failures (or timeouts, or panics) until the retry policy gave up: the batch's
+    /// records are failed (dead-lettered with `tolerance: all`).
+    Exhausted { error: PluginError, attempts: u32 },
+    /// The plugin rejected the whole batch as bad input: never retried.
+    Rejected { error: PluginError, attempts: u32 },
+    /// Config, fatal, an unknown kind, or too many restarts: the pipeline stops.
+    Fatal { error: PluginError },
+    /// The pipeline is stopping; the call was abandoned without a verdict.
+    Stopped,
+}
+
+/// The policies of one stage, with their state.
+pub struct PolicyStack {
+    retry: RetryPolicy,
+    breaker: CircuitBreaker,
+    rate: Option<RateLimiter>,
+    on_limit: OnLimit,
+    timeout: Option<Duration>,
+    open_for: Duration,
+    restarts: RestartBudget,
+    /// The last failure, named when the restart budget runs out.
+    last_error: Option<PluginError>,
+    pub metrics: Arc<PolicyMetrics>,
+}
+
+async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> Result<(), CallError> {
+    tokio::select! {
+        biased;
+        _ = stop.cancelled() => Err(CallError::Stopped),
+        _ = tokio::time::sleep(d) => Ok(()),
+    }
+}
+
+impl PolicyStack {
+    pub fn new(policy: &ResolvedPolicy) -> Self {
+        PolicyStack {
+            retry: policy.retry.clone(),
+            breaker: CircuitBreaker::new(policy.breaker.clone()),
+            rate: policy.rate_limit.as_ref().and_then(RateLimiter::new),
+            on_limit: policy
+                .rate_limit
+                .as_ref()
+                .map_or(OnLimit::Wait, |r| r.on_limit),
+            timeout: policy.timeout,
+            open_for: policy.breaker.open_for,
+            restarts: RestartBudget::new(policy.restart.clone()),
+            last_error: None,
+            metrics: Arc::new(PolicyMetrics::default()),
+        }
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// With `on_limit: drop`, how many of `records` may go on (the rest are dropped on
+    /// purpose). Without it, all of them: waiting happens inside [`PolicyStack::call`].
+    pub async fn sample(&self, records: usize) -> usize {
+        match (&self.rate, self.on_limit) {
+            (Some(rate), OnLimit::Drop) => {
+                let Admission { admitted, .. } = rate.admit(records).await;
+                let dropped = records - admitted;
+                if dropped > 0 {
+                    self.metrics
+                        .rate_limit_dropped
+                        .fetch_add(dropped as u64, Relaxed);
+                    tracing::debug!(dropped, "rate limit: dropped records over the limit");
+                }
+                admitted
+            }
+            _ => records,
+        }
+    }
+
+    /// Waits for rate-limit capacity for `records` (wait mode).
+    pub async fn throttle(
+        &self,
+        records: usize,
+        stop: &CancellationToken,
+    ) -> Result<(), CallError> {
+        let (Some(rate), OnLimit::Wait) = (&self.rate, self.on_limit) else {
+            return Ok(());
+        };
+        let admission = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Err(CallError::Stopped),
+            a = rate.admit(records) => a,
+        };
+        if admission.waited > Duration::from_millis(1) {
+            self.metrics.rate_limit_waits.fetch_add(1, Relaxed);
+            self.metrics
+                .rate_limit_wait_micros
+                .fetch_add(admission.waited.as_micros() as u64, Relaxed);
+            tracing::trace!(waited = ?admission.waited, "rate limit: waited for capacity");
+        }
+        Ok(())
+    }
+
+    fn log_transition(&self, t: Option<Transition>) {
+        let Some(t) = t else { return };
+        let code = match t.to {
+            BreakerState::Closed => 0,
+            BreakerState::Open => 1,
+            BreakerState::HalfOpen => 2,
+        };
+        self.metrics.breaker_state.store(code, Relaxed);
+        match t.to {
+            BreakerState::Open => {
+                self.metrics.breaker_opened.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    from = t.from.as_str(),
+                    "circuit breaker opened: the stage is not called for {}",
+                    humantime::format_duration(self.breaker_policy_open_for())
+                );
+            }
+            BreakerState::HalfOpen => tracing::info!("circuit breaker half-open: probing"),
+            BreakerState::Closed => tracing::info!("circuit breaker closed: the stage recovered"),
+        }
+    }
+
+    fn breaker_policy_open_for(&self) -> Duration {
+        self.open_for
+    }
+
+    /// Waits while the breaker is open; logs the move to half-open.
+    async fn pass_breaker(&mut self, stop: &CancellationToken) -> Result<(), CallError> {
+        loop {
+            match self.breaker.before_call(Instant::now()) {
+                Ok(t) => {
+                    self.log_transition(t);
+                    return Ok(());
+                }
+                Err(until) => {
+                    let wait = until.saturating_duration_since(Instant::now());
+                    sleep_or_stop(wait, stop).await?;
+                }
+            }
+        }
+    }
+
+    /// Records a failed attempt: breaker, then whether and how long to wait before the next.
+    /// `Err(Exhausted)` when the retry policy gives up.
+    pub async fn record_failure(
+        &mut self,
+        error: PluginError,
+        attempts: u32,
+        started: Instant,
+        stop: &CancellationToken,
+    ) -> Result<(), CallError> {
+        let t = self.breaker.on_failure(Instant::now());
+        self.log_transition(t);
+        self.last_error = Some(error.clone());
+        if !self.retry.may_retry(attempts, started.elapsed()) {
+            tracing::warn!(attempts, "giving up: {error}");
+            return Err(CallError::Exhausted { error, attempts });
+        }
+        let delay = self.retry.delay(attempts, error.retry_after());
+        self.metrics.retries.fetch_add(1, Relaxed);
+        tracing::warn!(
+            attempt = attempts,
+            "{error}; retrying in {}",
+            humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
+        );
+        sleep_or_stop(delay, stop).await
+    }
+
+    /// Makes sure the stage has a live instance: the first one at start, or a new one after
+    /// a panic or a timeout (counted against the restart budget, after its backoff).
+    /// Creation failures go through retry and breaker like calls.
+    pub async fn ensure_instance<T: Send + 'static>(
+        &mut self,
+        stage: &mut StageInstance<T>,
+        stop: &CancellationToken,
+    ) -> Result<(), CallError> {
+        let started = Instant::now();
+        let mut attempts = 0;
+        while stage.is_lost() {
+            if stage.was_created() {
+                let Some(backoff) = self.restarts.take(Instant::now()) else {
+                    let p = self.restarts.policy();
+                    return Err(CallError::Fatal {
+                        error: PluginError::fatal(format!(
+                            "the stage was restarted {} times within {} and failed again ({}); giving up",
+                            p.max_restarts,
+                            humantime::format_duration(p.window),
+                            self.last_error
+                                .as_ref()
+                                .map_or("no error recorded".to_string(), |e| e.to_string())
+                        )),
+                    });
+                };
+                self.metrics.restarts.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    restart = self.restarts.used(),
+                    max = self.restarts.policy().max_restarts,
+                    "recreating the stage instance in {}",
+                    humantime::format_duration(backoff)
+                );
+                sleep_or_stop(backoff, stop).await?;
+            }
+            self.pass_breaker(stop).await?;
+            attempts += 1;
+            let created = timeout::within(self.timeout, stage.recreate()).await;
+            let error = match created {
+                Ok(Ok(())) => {
+                    let t = self.breaker.on_success();
+                    self.log_transition(t);
+                    return Ok(());
+                }
+                Ok(Err(e)) => e,
+                Err(timeout::TimedOut(d)) => PluginError::retriable(format!(
+                    "creating the instance did not finish within {}",
+                    humantime::format_duration(d)
+                )),
+            };
+            match error.kind() {
+                ErrorKind::Retriable | ErrorKind::Panicked => {
+                    self.record_failure(error, attempts, started, stop).await?
+                }
+                _ => return Err(CallError::Fatal { error }),
+            }
+        }
+        Ok(())
+    }
+
+    /// One logical call through the whole stack, retried as the policy allows. `records` is
+    /// what the call carries, for the rate limit. `op` runs on the blocking pool and may run
+    /// several times (it captures the batch by `Arc`, so a retry does not copy records).
+    pub async fn call<T, R, F>(
+        &mut self,
+        stage: &mut StageInstance<T>,
+        records: usize,
+        stop: &CancellationToken,
+        op: F,
+    ) -> Result<(R, u32), CallError>
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+        F: Fn(&mut T) -> Result<R, PluginError> + Clone + Send + 'static,
+    {
+        let started = Instant::now();
+        let mut attempts = 0u32;
+        loop {
+            if stop.is_cancelled() {
+                return Err(CallError::Stopped);
+            }
+            self.pass_breaker(stop).await?;
+            self.throttle(records, stop).await?;
+            self.ensure_instance(stage, stop).await?;
+            attempts += 1;
+            self.metrics.calls.fetch_add(1, Relaxed);
+            let error = match timeout::within(self.timeout, stage.call(op.clone())).await {
+                Ok(Ok(value)) => {
+                    let t = self.breaker.on_success();
+                    self.log_transition(t);
+                    return Ok((value, attempts));
+                }
+                Ok(Err(e)) => e,
+                Err(timeout::TimedOut(d)) => {
+                    self.metrics.timeouts.fetch_add(1, Relaxed);
+                    stage.abandon();
+                    tracing::warn!(
+                        "the call did not return within {}; abandoning the instance",
+                        humantime::format_duration(d)
+                    );
+                    PluginError::retriable(format!(
+                        "timed out after {}",
+                        humantime::format_duration(d)
+                    ))
+                }
+            };
+            match error.kind() {
+                ErrorKind::Retriable => self.record_failure(error, attempts, started, stop).await?,
+                ErrorKind::Panicked => {
+                    self.metrics.panics.fetch_add(1, Relaxed);
+                    stage.discard();
+                    self.record_failure(error, attempts, started, stop).await?
+                }
+                ErrorKind::Rejected => return Err(CallError::Rejected { error, attempts }),
+                ErrorKind::Config | ErrorKind::Fatal => return Err(CallError::Fatal { error }),
+            }
+        }
+    }
+}

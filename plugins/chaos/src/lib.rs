@@ -15,6 +15,7 @@
 //!     fail_probability: 0.3      # any call fails (retriable) with this probability
 //!     seed: 7                    #   from this seed
 //!     panic_on_call: 5           # call 5 panics
+//!     panic_from_call: 5         # call 5 and every later call panics
 //!     hang_on_call: 6            # call 6 sleeps for `hang_for` (default 1h)
 //!     fatal_on_call: 9           # call 9 fails with a fatal error
 //!     reject_where: { field: bad, eq: true }   # records matching are rejected
@@ -52,6 +53,9 @@ pub struct Faults {
     seed: u64,
     #[serde(default)]
     panic_on_call: Option<u64>,
+    /// Panics on this call and every one after it.
+    #[serde(default)]
+    panic_from_call: Option<u64>,
     #[serde(default)]
     hang_on_call: Option<u64>,
     #[serde(default = "one_hour", with = "humantime_serde")]
@@ -121,7 +125,9 @@ impl Injector {
     /// Applies call-level faults; Ok means the call proceeds.
     fn before_call(&mut self) -> Result<u64, PluginError> {
         let call = next_call(&self.counter);
-        if self.faults.panic_on_call == Some(call) {
+        if self.faults.panic_on_call == Some(call)
+            || self.faults.panic_from_call.is_some_and(|n| call >= n)
+        {
             panic!("chaos: panic on call {call}");
         }
         if self.faults.hang_on_call == Some(call) {
