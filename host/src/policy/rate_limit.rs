@@ -26,7 +26,8 @@ pub struct RateLimitPolicy {
 fn quota(per_second: f64, burst: Option<u32>) -> (Quota, u32) {
     let burst = burst.unwrap_or_else(|| per_second.ceil().clamp(1.0, u32::MAX as f64) as u32);
     let burst = NonZeroU32::new(burst.max(1)).expect("burst ≥ 1");
-    let period = Duration::from_secs_f64(1.0 / per_second);
+    // governor counts in nanoseconds: rates above 10⁹/s are as good as unlimited.
+    let period = Duration::from_secs_f64(1.0 / per_second).max(Duration::from_nanos(1));
     let quota = Quota::with_period(period)
         .expect("a positive rate gives a non-zero period")
         .allow_burst(burst);
