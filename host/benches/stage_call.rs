@@ -134,7 +134,7 @@ fn bench(c: &mut Criterion) {
                                         s.write(RSlice::from_slice(r.as_slice())).into_result()
                                     })
                                     .await
-                                    .map(|_| ())
+                                    .map(|(outcome, _attempts)| outcome.failures.len())
                                     .expect("blackhole accepts"),
                             );
                         }
