@@ -1,0 +1,350 @@
+//! `rabbitmq` sink: publish each batch with publisher confirms.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use base64_free::encode_offset;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
+use lapin::{Confirmation, PublisherConfirm};
+use orbit_plugin_api::{ConfigError, PluginError, Record, Sink, SinkContext, WriteOutcome};
+use serde::Deserialize;
+
+use crate::connection::{classify, connect, redact, validate_url};
+
+mod base64_free {
+    /// `stream/partition/hex(offset)`: a stable message id from a record's source position.
+    pub fn encode_offset(stream: &str, partition: i32, offset: &[u8]) -> String {
+        let mut s = format!("{stream}/{partition}/");
+        for b in offset {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    #[default]
+    Direct,
+    Topic,
+    Fanout,
+    Headers,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Declare {
+    #[serde(default)]
+    kind: Kind,
+    #[serde(default = "yes")]
+    durable: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `amqp://user:password@host:port/vhost` (or `amqps://`).
+    url: String,
+    /// The exchange to publish to; empty for the default exchange (routing key = queue name).
+    #[serde(default)]
+    exchange: String,
+    /// Declare the exchange on connect.
+    #[serde(default)]
+    declare: Option<Declare>,
+    /// Template: `{stream}`, `{key}`, `{partition}`, or `{field.path}` from a JSON value.
+    #[serde(default)]
+    routing_key: String,
+    /// Messages published but not yet confirmed, at most.
+    #[serde(default = "default_window")]
+    confirm_window: usize,
+    /// delivery_mode 2 (survives a broker restart in a durable queue).
+    #[serde(default = "yes")]
+    persistent: bool,
+    /// Unroutable messages come back and are rejected records instead of vanishing.
+    #[serde(default = "yes")]
+    mandatory: bool,
+    #[serde(default)]
+    content_type: Option<String>,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    connect_timeout: Duration,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_window() -> usize {
+    1024
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Part {
+    Text(String),
+    Stream,
+    Key,
+    Partition,
+    Field(String),
+}
+
+fn parse_template(t: &str) -> Result<Vec<Part>, ConfigError> {
+    let mut parts = Vec::new();
+    let mut rest = t;
+    while let Some(start) = rest.find('{') {
+        if start > 0 {
+            parts.push(Part::Text(rest[..start].to_string()));
+        }
+        let end = rest[start..]
+            .find('}')
+            .ok_or_else(|| ConfigError::new("routing_key", "unterminated `{`"))?;
+        let name = &rest[start + 1..start + end];
+        parts.push(match name {
+            "stream" => Part::Stream,
+            "key" => Part::Key,
+            "partition" => Part::Partition,
+            "" => return Err(ConfigError::new("routing_key", "empty `{}`")),
+            field => Part::Field(field.to_string()),
+        });
+        rest = &rest[start + end + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(Part::Text(rest.to_string()));
+    }
+    Ok(parts)
+}
+
+fn routing_key(parts: &[Part], r: &Record) -> Result<String, String> {
+    let mut doc: Option<serde_json::Value> = None;
+    let mut out = String::new();
+    for p in parts {
+        match p {
+            Part::Text(t) => out.push_str(t),
+            Part::Stream => out.push_str(&r.stream),
+            Part::Partition => out.push_str(&r.partition.to_string()),
+            Part::Key => out.push_str(&String::from_utf8_lossy(r.key().unwrap_or_default())),
+            Part::Field(path) => {
+                if doc.is_none() {
+                    doc = Some(
+                        serde_json::from_slice(r.value())
+                            .map_err(|e| format!("routing key needs a JSON value: {e}"))?,
+                    );
+                }
+                let v = path
+                    .split('.')
+                    .try_fold(doc.as_ref().expect("parsed"), |v, k| v.get(k))
+                    .ok_or_else(|| format!("routing key field `{path}` is missing"))?;
+                match v {
+                    serde_json::Value::String(s) => out.push_str(s),
+                    other => out.push_str(&other.to_string()),
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub struct RabbitSink {
+    config: Config,
+    template: Vec<Part>,
+    connection: Option<(Connection, Channel)>,
+}
+
+impl RabbitSink {
+    async fn channel(&mut self) -> Result<Channel, PluginError> {
+        if let Some((c, ch)) = &self.connection {
+            if c.status().connected() && ch.status().connected() {
+                return Ok(ch.clone());
+            }
+            tracing::warn!(url = %redact(&self.config.url), "connection lost; reconnecting");
+        }
+        self.connection = None;
+        let url = &self.config.url;
+        let conn = connect(url, self.config.connect_timeout).await?;
+        let ch = conn
+            .create_channel()
+            .await
+            .map_err(|e| classify(&e, url, "cannot open a channel on"))?;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| classify(&e, url, "cannot enable publisher confirms on"))?;
+        if let Some(d) = &self.config.declare {
+            let kind = match d.kind {
+                Kind::Direct => ExchangeKind::Direct,
+                Kind::Topic => ExchangeKind::Topic,
+                Kind::Fanout => ExchangeKind::Fanout,
+                Kind::Headers => ExchangeKind::Headers,
+            };
+            ch.exchange_declare(
+                ShortString::from(self.config.exchange.as_str()),
+                kind,
+                ExchangeDeclareOptions {
+                    durable: d.durable,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| classify(&e, url, "cannot declare the exchange on"))?;
+        }
+        tracing::info!(url = %redact(url), "connected");
+        self.connection = Some((conn, ch.clone()));
+        Ok(ch)
+    }
+
+    fn properties(&self, r: &Record) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        for h in r.headers.iter() {
+            headers.insert(
+                ShortString::from(h.name.as_str()),
+                AMQPValue::LongString(LongString::from(h.value.to_vec())),
+            );
+        }
+        let id = match r.key() {
+            Some(k) => String::from_utf8_lossy(k).into_owned(),
+            None => encode_offset(&r.stream, r.partition, &r.offset),
+        };
+        let mut p = BasicProperties::default()
+            .with_message_id(ShortString::from(id))
+            .with_headers(headers);
+        if self.config.persistent {
+            p = p.with_delivery_mode(2);
+        }
+        if let Some(ct) = &self.config.content_type {
+            p = p.with_content_type(ShortString::from(ct.as_str()));
+        }
+        if let Some(ts) = r.timestamp_ms.into_option() {
+            p = p.with_timestamp((ts / 1000).max(0) as u64);
+        }
+        p
+    }
+
+    async fn publish(&mut self, batch: &[Record]) -> Result<WriteOutcome, PluginError> {
+        let ch = self.channel().await?;
+        let mut outcome = WriteOutcome::ok();
+        let mut pending: VecDeque<(usize, PublisherConfirm)> = VecDeque::new();
+        let options = BasicPublishOptions {
+            mandatory: self.config.mandatory,
+            ..BasicPublishOptions::default()
+        };
+        let exchange = ShortString::from(self.config.exchange.as_str());
+        let url = self.config.url.clone();
+        let lost = |e: lapin::Error| classify(&e, &url, "publishing to");
+        for (i, r) in batch.iter().enumerate() {
+            let key = match routing_key(&self.template, r) {
+                Ok(k) => k,
+                Err(reason) => {
+                    outcome.fail(i, PluginError::rejected(reason));
+                    continue;
+                }
+            };
+            let confirm = ch
+                .basic_publish(
+                    exchange.clone(),
+                    ShortString::from(key),
+                    options,
+                    r.value(),
+                    self.properties(r),
+                )
+                .await
+                .map_err(lost)?;
+            pending.push_back((i, confirm));
+            if pending.len() >= self.config.confirm_window {
+                let (i, c) = pending.pop_front().expect("non-empty");
+                settle(i, c.await.map_err(lost)?, &mut outcome);
+            }
+        }
+        while let Some((i, c)) = pending.pop_front() {
+            settle(i, c.await.map_err(lost)?, &mut outcome);
+        }
+        Ok(outcome)
+    }
+}
+
+fn settle(i: usize, confirmation: Confirmation, outcome: &mut WriteOutcome) {
+    match confirmation {
+        Confirmation::Ack(None) => {}
+        Confirmation::Ack(Some(returned)) => outcome.fail(
+            i,
+            PluginError::rejected(format!(
+                "unroutable: the broker returned the message ({} {})",
+                returned.reply_code, returned.reply_text
+            )),
+        ),
+        Confirmation::Nack(_) => {
+            outcome.fail(i, PluginError::retriable("the broker nacked the message"))
+        }
+        Confirmation::NotRequested => outcome.fail(
+            i,
+            PluginError::retriable("publisher confirms are not enabled on the channel"),
+        ),
+    }
+}
+
+impl Sink for RabbitSink {
+    type Config = Config;
+
+    fn validate(config: &Config) -> Result<(), ConfigError> {
+        validate_url(&config.url)?;
+        parse_template(&config.routing_key)?;
+        if config.confirm_window == 0 {
+            return Err(ConfigError::new("confirm_window", "must be at least 1"));
+        }
+        if config.declare.is_some() && config.exchange.is_empty() {
+            return Err(ConfigError::new(
+                "declare",
+                "the default exchange cannot be declared; name an `exchange`",
+            ));
+        }
+        Ok(())
+    }
+
+    fn open(config: Config, _ctx: SinkContext) -> Result<Self, PluginError> {
+        let template = parse_template(&config.routing_key)?;
+        let mut sink = RabbitSink {
+            config,
+            template,
+            connection: None,
+        };
+        // Connect now so that a wrong password or an unreachable broker shows at start.
+        orbit_plugin_api::runtime().block_on(sink.channel())?;
+        Ok(sink)
+    }
+
+    fn write(&mut self, batch: &[Record]) -> Result<WriteOutcome, PluginError> {
+        let result = orbit_plugin_api::runtime().block_on(self.publish(batch));
+        if result.is_err() {
+            // Whatever went wrong, start the retry on a fresh connection.
+            self.connection = None;
+        }
+        result
+    }
+
+    fn close(&mut self) -> Result<(), PluginError> {
+        if let Some((conn, _)) = self.connection.take() {
+            let _ =
+                orbit_plugin_api::runtime().block_on(conn.close(200, "orbit sink closing".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_key_templates() {
+        let parts = parse_template("orders.{status}.{stream}").unwrap();
+        let r = Record::new(r#"{"status":"paid"}"#).with_position("in", 0, vec![1]);
+        assert_eq!(routing_key(&parts, &r).unwrap(), "orders.paid.in");
+        let missing = Record::new(r#"{"x":1}"#);
+        assert!(routing_key(&parts, &missing)
+            .unwrap_err()
+            .contains("status"));
+        assert!(parse_template("a.{").is_err());
+    }
+}
