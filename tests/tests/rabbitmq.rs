@@ -287,3 +287,86 @@ fn bad_credentials_vhost_or_port_give_a_clear_error_without_the_password() {
         );
     }
 }
+
+/// Starts the broker's app again when dropped, so a failing test never leaves it stopped.
+struct BrokerRestart;
+
+impl BrokerRestart {
+    fn stop() -> BrokerRestart {
+        let ok = std::process::Command::new("rabbitmqctl")
+            .arg("stop_app")
+            .output()
+            .expect("rabbitmqctl")
+            .status
+            .success();
+        assert!(ok, "rabbitmqctl stop_app failed");
+        BrokerRestart
+    }
+}
+
+impl Drop for BrokerRestart {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .arg("start_app")
+            .output();
+        wait_for(
+            "RabbitMQ accepting connections",
+            Duration::from_secs(120),
+            || std::net::TcpStream::connect("127.0.0.1:5672").is_ok(),
+        );
+    }
+}
+
+#[test]
+fn a_broker_restart_mid_stream_loses_nothing_in_either_direction() {
+    let _broker = serial();
+    let (q_in, q_out) = ("orbit-test-restart-in", "orbit-test-restart-out");
+    fresh_queue(q_in);
+    fresh_queue(q_out);
+    publish(q_in, (0..20_000).map(|i| format!("m{i}")));
+    let s = Scratch::new();
+    // rabbitmq → rabbitmq: the source and the sink both lose their connection.
+    s.write(
+        "p.yaml",
+        &format!(
+            "name: restart-rabbit
+source: {{ plugin: rabbitmq, config: {{ url: \"{URL}\", queue: {q_in}, prefetch: 500 }} }}
+sink: {{ plugin: rabbitmq, config: {{ url: \"{URL}\", routing_key: {q_out} }} }}
+batch: {{ max_records: 200 }}
+defaults:
+  policy:
+    retry: {{ initial_backoff: 100ms, max_backoff: 1s }}
+    circuit_breaker: {{ failure_threshold: 3, open_for: 1s }}
+"
+        ),
+    );
+    let mut child = s.spawn(&["p.yaml", "--progress", "0s"]);
+    wait_for("some messages relayed", Duration::from_secs(60), || {
+        message_count(q_out) > 2_000
+    });
+    {
+        let _stopped = BrokerRestart::stop();
+        assert!(
+            std::net::TcpStream::connect("127.0.0.1:5672").is_err(),
+            "broker still up"
+        );
+        // Dropping the guard starts it again.
+    }
+    wait_for(
+        "the relay to finish after the restart",
+        Duration::from_secs(180),
+        || message_count(q_in) == 0 && message_count(q_out) >= 20_000,
+    );
+    signal(&child, libc::SIGTERM);
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    let err = stderr_of(&mut child);
+    assert!(status.success(), "{err}");
+    let mut got = consume(q_out, usize::MAX);
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 20_000, "messages lost across the broker restart");
+    assert!(
+        err.contains("reconnecting") || err.contains("cannot connect"),
+        "{err}"
+    );
+}
