@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# RabbitMQ throughput through Orbit beside bare lapin, in the same run, against the broker on
+# 127.0.0.1:5672 (guest/guest):
+#  * sink:   generate → rabbitmq sink (confirms, window 1024)  vs  a lapin publisher, same window
+#  * source: rabbitmq source → file sink (fsync per batch)     vs  a lapin consumer writing and
+#            fsyncing the same batches, then acking them (multiple)
+# for 1 KB and 12-byte messages. Prints messages/s and the ratio (median of RUNS runs).
+#
+#   bench/rabbitmq.sh              # COUNT=100000 RUNS=3
+set -euo pipefail
+cd "$(dirname "$0")/.."
+COUNT=${COUNT:-100000}
+RUNS=${RUNS:-3}
+Q=orbit-bench
+cargo build --release --workspace --quiet
+B=target/release/baseline-rabbitmq
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+rate() { echo "$COUNT / ($2 - $1)" | bc -l | xargs printf '%.0f'; }
+
+template() { # a payload of $1 bytes
+  head -c "$1" /dev/zero | tr '\0' 'x'
+}
+
+for size in 1024 12; do
+  payload=$(template "$size")
+  base=() orbit=()
+  for i in $(seq 1 "$RUNS"); do
+    $B purge $Q
+    base+=("$($B publish $Q "$COUNT" "$size" 1024)")
+    $B purge $Q
+    cat > "$work/sink.yaml" <<YAML
+name: bench-rabbit-sink
+source: { plugin: generate, config: { count: $COUNT, template: '$payload' } }
+sink: { plugin: rabbitmq, config: { url: "amqp://guest:guest@127.0.0.1:5672/%2f", routing_key: $Q, confirm_window: 1024 } }
+batch: { max_records: 1000 }
+YAML
+    rm -rf "$work/state"
+    # Orbit's own figure: from pipeline start (connecting included) to the last confirm.
+    orbit+=("$(ORBIT_LOG=info NO_COLOR=1 target/release/orbit-host --state-dir "$work/state" --progress 0s "$work/sink.yaml" 2>&1 \
+      | sed -n 's/.*dead-lettered in .*s (\([0-9]*\) records\/s).*/\1/p')")
+  done
+  b=$(printf '%s\n' "${base[@]}" | median); o=$(printf '%s\n' "${orbit[@]}" | median)
+  echo "sink   ${size}B: bare lapin $b msg/s (${base[*]}), orbit $o msg/s (${orbit[*]}), ratio $(echo "$o / $b" | bc -l | xargs printf '%.2f')x"
+
+  base=() orbit=()
+  for i in $(seq 1 "$RUNS"); do
+    $B purge $Q
+    $B publish $Q "$COUNT" "$size" 1024 > /dev/null
+    base+=("$($B consume $Q "$COUNT" "$work/base.txt" 2000 1000)")
+    $B purge $Q
+    $B publish $Q "$COUNT" "$size" 1024 > /dev/null
+    cat > "$work/source.yaml" <<YAML
+name: bench-rabbit-source
+source: { plugin: rabbitmq, config: { url: "amqp://guest:guest@127.0.0.1:5672/%2f", queue: $Q, prefetch: 2000 } }
+sink: { plugin: file, config: { path: "$work/orbit.txt" } }
+batch: { max_records: 1000, max_wait: 20ms }
+YAML
+    rm -rf "$work/state" "$work/orbit.txt"
+    s=$(date +%s.%N)
+    ORBIT_LOG=warn target/release/orbit-host --state-dir "$work/state" --progress 0s "$work/source.yaml" &
+    pid=$!
+    want=$((COUNT * (size + 1)))
+    while [ "$(stat -c %s "$work/orbit.txt" 2>/dev/null || echo 0)" -lt "$want" ]; do sleep 0.01; done
+    e=$(date +%s.%N)
+    kill -TERM $pid; wait $pid
+    orbit+=("$(rate "$s" "$e")")
+  done
+  b=$(printf '%s\n' "${base[@]}" | median); o=$(printf '%s\n' "${orbit[@]}" | median)
+  echo "source ${size}B: bare lapin $b msg/s (${base[*]}), orbit $o msg/s (${orbit[*]}), ratio $(echo "$o / $b" | bc -l | xargs printf '%.2f')x"
+done
+$B purge $Q

@@ -1,0 +1,128 @@
+//! Baselines for bench/rabbitmq.sh: a bare lapin publisher and consumer doing what the Orbit
+//! pipelines do, with the same settings.
+//!
+//!   baseline-rabbitmq purge QUEUE
+//!   baseline-rabbitmq publish QUEUE COUNT SIZE WINDOW    # persistent, mandatory, confirms
+//!   baseline-rabbitmq consume QUEUE COUNT FILE PREFETCH BATCH  # file + fsync, then ack multiple
+//!
+//! Prints messages per second, connecting included (as in Orbit's own figure).
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use futures_lite::StreamExt as _;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // The clock includes connecting, as Orbit's own figure does.
+    let start = Instant::now();
+    let conn = Connection::connect(URL, ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    let queue = args[1].as_str();
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions::durable(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    match args[0].as_str() {
+        "purge" => {
+            ch.queue_purge(queue.into(), QueuePurgeOptions::default())
+                .await
+                .expect("purge");
+        }
+        "publish" => {
+            let count: usize = args[2].parse().unwrap();
+            let size: usize = args[3].parse().unwrap();
+            let window: usize = args[4].parse().unwrap();
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .unwrap();
+            let payload = vec![b'x'; size];
+            let mut pending = VecDeque::new();
+            for _ in 0..count {
+                let c = ch
+                    .basic_publish(
+                        "".into(),
+                        queue.into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        },
+                        &payload,
+                        BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await
+                    .unwrap();
+                pending.push_back(c);
+                if pending.len() >= window {
+                    pending.pop_front().unwrap().await.unwrap();
+                }
+            }
+            for c in pending {
+                c.await.unwrap();
+            }
+            println!("{:.0}", count as f64 / start.elapsed().as_secs_f64());
+        }
+        "consume" => {
+            let count: usize = args[2].parse().unwrap();
+            let mut file = std::fs::File::create(&args[3]).unwrap();
+            let prefetch: u16 = args[4].parse().unwrap();
+            let batch: usize = args[5].parse().unwrap();
+            ch.basic_qos(prefetch, BasicQosOptions::default())
+                .await
+                .unwrap();
+            let mut consumer = ch
+                .basic_consume(
+                    queue.into(),
+                    "bench".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+            let mut done = 0;
+            let mut buf = Vec::new();
+            while done < count {
+                let mut last = 0;
+                let mut n = 0;
+                buf.clear();
+                while n < batch && done + n < count {
+                    let wait = if n == 0 {
+                        Duration::from_secs(30)
+                    } else {
+                        Duration::ZERO
+                    };
+                    match tokio::time::timeout(wait, consumer.next()).await {
+                        Ok(Some(Ok(d))) => {
+                            buf.extend_from_slice(&d.data);
+                            buf.push(b'\n');
+                            last = d.delivery_tag;
+                            n += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                file.write_all(&buf).unwrap();
+                file.sync_data().unwrap();
+                ch.basic_ack(last, BasicAckOptions { multiple: true })
+                    .await
+                    .unwrap();
+                done += n;
+            }
+            println!("{:.0}", count as f64 / start.elapsed().as_secs_f64());
+        }
+        other => panic!("unknown mode {other}"),
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
