@@ -150,3 +150,16 @@ pub fn stderr_of(child: &mut Child) -> String {
 pub fn text(out: &[u8]) -> String {
     String::from_utf8_lossy(out).into_owned()
 }
+
+/// A plugin directory in `s` holding copies of the workspace's generate, file and json plugins,
+/// for tests that add a library of their own beside them.
+pub fn plugin_dir_with_core_plugins(s: &Scratch) -> PathBuf {
+    build_workspace();
+    let dir = s.path("plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    for lib in ["generate", "file", "json"] {
+        let name = format!("liborbit_plugin_{lib}.so");
+        std::fs::copy(target_dir().join(&name), dir.join(&name)).unwrap();
+    }
+    dir
+}

@@ -126,13 +126,7 @@ fn a_plugin_that_refuses_a_value() {
 }
 
 fn plugin_dir_with(s: &Scratch, extra_name: &str, bytes: &[u8]) -> String {
-    build_workspace();
-    let dir = s.path("plugins");
-    std::fs::create_dir_all(&dir).unwrap();
-    for lib in ["generate", "file", "json"] {
-        let name = format!("liborbit_plugin_{lib}.so");
-        std::fs::copy(target_dir().join(&name), dir.join(&name)).unwrap();
-    }
+    let dir = plugin_dir_with_core_plugins(s);
     std::fs::write(dir.join(extra_name), bytes).unwrap();
     dir.display().to_string()
 }

@@ -68,13 +68,7 @@ fn build_doc_plugin(dir: &Path, name: &str, features: &str) -> PathBuf {
 
 /// A plugin directory holding the workspace's own plugins plus `extra`.
 fn plugin_dir(s: &Scratch, extra: &[(&Path, &str)]) -> PathBuf {
-    build_workspace();
-    let dir = s.path("plugins");
-    std::fs::create_dir_all(&dir).unwrap();
-    for lib in ["generate", "file", "json"] {
-        let name = format!("liborbit_plugin_{lib}.so");
-        std::fs::copy(target_dir().join(&name), dir.join(&name)).unwrap();
-    }
+    let dir = plugin_dir_with_core_plugins(s);
     for (from, name) in extra {
         std::fs::copy(from, dir.join(name)).unwrap();
     }

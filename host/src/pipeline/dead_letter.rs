@@ -142,16 +142,7 @@ pub(super) async fn run(
                 _ = done.cancelled() => None,
             };
             let Some(req) = req else { break };
-            let records = Arc::new(req.records);
-            let n = records.len();
-            let input = records.clone();
-            let result = stage
-                .policy
-                .call(&mut stage.instance, n, &shared.stop, move |s| {
-                    s.write(input.as_rslice()).into_result()
-                })
-                .await;
-            let result = match result {
+            let result = match stage.write(&Arc::new(req.records), &shared.stop).await {
                 Ok((out, _)) if out.failures.is_empty() => Ok(()),
                 Ok((out, _)) => Err(out.failures[0].error.clone()),
                 Err(CallError::Stopped) => Err(PluginError::fatal("the pipeline is stopping")),

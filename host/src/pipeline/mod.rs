@@ -228,6 +228,33 @@ impl<T: Send + 'static> Stage<T> {
     }
 }
 
+/// Applies `on_limit: drop` sampling to a batch before the call, counting what it drops.
+/// (Takes the policy, not the stage: a `&Stage` held across an await would need a `Sync`
+/// plugin instance.)
+async fn sample(policy: &PolicyStack, records: &mut RVec<Record>, shared: &Shared) {
+    let before = records.len();
+    let admitted = policy.sample(before).await;
+    records.truncate(admitted);
+    shared.stats.record_dropped(before - admitted);
+}
+
+impl Stage<SinkBox> {
+    /// One `write` of `records` through the policy stack (the batch is shared, not copied, by
+    /// retries).
+    async fn write(
+        &mut self,
+        records: &Arc<RVec<Record>>,
+        stop: &CancellationToken,
+    ) -> Result<(orbit_plugin_api::ffi::WriteOutcomeFfi, u32), CallError> {
+        let input = records.clone();
+        self.policy
+            .call(&mut self.instance, records.len(), stop, move |s| {
+                s.write(input.as_rslice()).into_result()
+            })
+            .await
+    }
+}
+
 impl Pipeline {
     fn stage(&self, role: StageRole) -> Option<&ResolvedStage> {
         self.stages.iter().find(|s| s.role == role)
@@ -702,10 +729,8 @@ async fn run_transform(
     let span = stage.instance.span().clone();
     let result = async {
         while let Some(mut batch) = recv(&mut rx, &shared).await {
-            let before = batch.records.len();
-            let admitted = stage.policy.sample(before).await;
-            batch.records.truncate(admitted);
-            shared.stats.record_dropped(before - admitted);
+            sample(&stage.policy, &mut batch.records, &shared).await;
+            let admitted = batch.records.len();
             let records = Arc::new(batch.records);
             let input = records.clone();
             let result = stage
@@ -770,10 +795,7 @@ async fn run_sink(
     let span = stage.instance.span().clone();
     let result = async {
         while let Some(mut batch) = recv(&mut rx, &shared).await {
-            let before = batch.records.len();
-            let admitted = stage.policy.sample(before).await;
-            batch.records.truncate(admitted);
-            shared.stats.record_dropped(before - admitted);
+            sample(&stage.policy, &mut batch.records, &shared).await;
             let written =
                 write_through_policy(&mut stage, &shared, Arc::new(batch.records)).await?;
             shared.stats.record_written(written);
@@ -804,14 +826,8 @@ async fn write_through_policy(
     let mut current = records;
     let mut written = 0usize;
     loop {
-        let input = current.clone();
         let n = current.len();
-        let result = stage
-            .policy
-            .call(&mut stage.instance, n, &shared.stop, move |s| {
-                s.write(input.as_rslice()).into_result()
-            })
-            .await;
+        let result = stage.write(&current, &shared.stop).await;
         let Some((out, attempts)) = settle(shared, &stage.instance.id, &current, result).await?
         else {
             return Ok(written);
