@@ -161,10 +161,6 @@ pub(super) async fn run(
     }
     .instrument(span.clone())
     .await;
-    stage
-        .instance
-        .close(|s| s.close().into_result())
-        .instrument(span)
-        .await;
+    stage.instance.close(|s| s.close().into_result()).await;
     Ok(())
 }

@@ -630,11 +630,7 @@ async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
             tx = None;
         }
     };
-    source
-        .instance
-        .close(|s| s.close().into_result())
-        .instrument(span)
-        .await;
+    source.instance.close(|s| s.close().into_result()).await;
     drop(offsets_tx);
     match ended {
         Ended::Done => Ok(()),
@@ -779,11 +775,7 @@ async fn run_transform(
     }
     .instrument(span.clone())
     .await;
-    stage
-        .instance
-        .close(|t| t.close().into_result())
-        .instrument(span)
-        .await;
+    stage.instance.close(|t| t.close().into_result()).await;
     result.or_else(|e| e.map_or(Ok(()), Err))
 }
 
@@ -805,11 +797,7 @@ async fn run_sink(
     }
     .instrument(span.clone())
     .await;
-    stage
-        .instance
-        .close(|s| s.close().into_result())
-        .instrument(span)
-        .await;
+    stage.instance.close(|s| s.close().into_result()).await;
     result.or_else(|e| e.map_or(Ok(()), Err))
 }
 

@@ -116,12 +116,13 @@ impl<T: Send + 'static> StageInstance<T> {
         result
     }
 
-    /// Closes the instance, if there is one, logging a failure.
+    /// Closes the instance, if there is one, inside the stage's span, logging a failure.
     pub async fn close(&mut self, f: fn(&mut T) -> Result<(), PluginError>) {
         if self.is_lost() {
             return;
         }
-        if let Err(e) = self.call(f).await {
+        let span = self.span.clone();
+        if let Err(e) = self.call(f).instrument(span).await {
             let _g = self.span.enter();
             tracing::warn!("closing failed: {e}");
         }
