@@ -27,6 +27,7 @@ mod record;
 #[cfg(feature = "runtime")]
 mod runtime;
 mod sdk;
+pub mod template;
 
 pub use error::{ConfigError, ErrorKind, PluginError};
 pub use ffi::{Header, Position, Record};
@@ -39,6 +40,7 @@ pub use sdk::{
     PluginBuilder, RecordFailure, Sink, SinkContext, Source, SourceContext, Transform,
     TransformContext, TransformOutput, WriteOutcome,
 };
+pub use template::Template;
 
 /// Re-exported so that [`export_plugin!`] works without the plugin naming `abi_stable` itself.
 #[doc(hidden)]

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use orbit_plugin_api::{ConfigError, PluginError, Record, Source, SourceBatch, SourceContext};
 use serde::Deserialize;
 
+use crate::envelope::{self, Format};
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -19,6 +21,11 @@ pub struct Config {
     /// In follow mode, how often to look for new lines.
     #[serde(default = "default_poll_interval", with = "humantime_serde")]
     poll_interval: Duration,
+    /// `value`: each line is a record's value. `envelope`: each line is a JSON object as the
+    /// file sink writes it (`key`, `value`, `headers`, `timestamp_ms`), so keys and headers
+    /// survive a round trip through a file.
+    #[serde(default)]
+    format: Format,
 }
 
 fn default_poll_interval() -> Duration {
@@ -35,6 +42,9 @@ pub struct FileSource {
     partial: Vec<u8>,
     follow: bool,
     poll_interval: Duration,
+    format: Format,
+    /// Line number of the next line, for errors.
+    line_number: u64,
 }
 
 fn io_error(path: &std::path::Path, what: &str, e: std::io::Error) -> PluginError {
@@ -96,6 +106,8 @@ impl Source for FileSource {
             partial: Vec::new(),
             follow: config.follow,
             poll_interval: config.poll_interval,
+            format: config.format,
+            line_number: if position == 0 { 1 } else { 0 },
         })
     }
 
@@ -113,7 +125,7 @@ impl Source for FileSource {
                 if !self.follow {
                     if !self.partial.is_empty() {
                         // A last line without a newline.
-                        self.emit(&mut batch);
+                        self.emit(&mut batch)?;
                     }
                     batch.end_of_stream();
                     break;
@@ -124,14 +136,15 @@ impl Source for FileSource {
                 std::thread::sleep(self.poll_interval.min(deadline - Instant::now()));
                 continue;
             }
-            self.emit(&mut batch);
+            self.emit(&mut batch)?;
         }
         Ok(batch)
     }
 }
 
 impl FileSource {
-    fn emit(&mut self, batch: &mut SourceBatch) {
+    fn emit(&mut self, batch: &mut SourceBatch) -> Result<(), PluginError> {
+        let start = self.position;
         self.position += self.partial.len() as u64;
         let mut line = std::mem::take(&mut self.partial);
         if line.last() == Some(&b'\n') {
@@ -140,10 +153,27 @@ impl FileSource {
                 line.pop();
             }
         }
-        batch.push(Record::new(line).with_position(
-            self.stream.as_str(),
-            0,
-            self.position.to_be_bytes(),
-        ));
+        let record = match self.format {
+            Format::Value => Record::new(line),
+            Format::Envelope => envelope::parse(&line).map_err(|reason| {
+                // Nothing is skipped silently: stop here, naming the line, and resume at it.
+                self.position = start;
+                let at = if self.line_number > 0 {
+                    format!("line {}", self.line_number)
+                } else {
+                    format!("byte {start}")
+                };
+                PluginError::fatal(format!(
+                    "{}: {at} is not an envelope: {reason}; fix the line or read the file with \
+                     `format: value`",
+                    self.path.display()
+                ))
+            })?,
+        };
+        if self.line_number > 0 {
+            self.line_number += 1;
+        }
+        batch.push(record.with_position(self.stream.as_str(), 0, self.position.to_be_bytes()));
+        Ok(())
     }
 }

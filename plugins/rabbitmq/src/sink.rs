@@ -8,7 +8,9 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareO
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use lapin::{Confirmation, PublisherConfirm};
-use orbit_plugin_api::{ConfigError, PluginError, Record, Sink, SinkContext, WriteOutcome};
+use orbit_plugin_api::{
+    ConfigError, PluginError, Record, Sink, SinkContext, Template, WriteOutcome,
+};
 use serde::Deserialize;
 
 use crate::connection::{classify, connect, redact, validate_url};
@@ -82,74 +84,9 @@ fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
-#[derive(Debug, Clone, PartialEq)]
-enum Part {
-    Text(String),
-    Stream,
-    Key,
-    Partition,
-    Field(String),
-}
-
-fn parse_template(t: &str) -> Result<Vec<Part>, ConfigError> {
-    let mut parts = Vec::new();
-    let mut rest = t;
-    while let Some(start) = rest.find('{') {
-        if start > 0 {
-            parts.push(Part::Text(rest[..start].to_string()));
-        }
-        let end = rest[start..]
-            .find('}')
-            .ok_or_else(|| ConfigError::new("routing_key", "unterminated `{`"))?;
-        let name = &rest[start + 1..start + end];
-        parts.push(match name {
-            "stream" => Part::Stream,
-            "key" => Part::Key,
-            "partition" => Part::Partition,
-            "" => return Err(ConfigError::new("routing_key", "empty `{}`")),
-            field => Part::Field(field.to_string()),
-        });
-        rest = &rest[start + end + 1..];
-    }
-    if !rest.is_empty() {
-        parts.push(Part::Text(rest.to_string()));
-    }
-    Ok(parts)
-}
-
-fn routing_key(parts: &[Part], r: &Record) -> Result<String, String> {
-    let mut doc: Option<serde_json::Value> = None;
-    let mut out = String::new();
-    for p in parts {
-        match p {
-            Part::Text(t) => out.push_str(t),
-            Part::Stream => out.push_str(&r.stream),
-            Part::Partition => out.push_str(&r.partition.to_string()),
-            Part::Key => out.push_str(&String::from_utf8_lossy(r.key().unwrap_or_default())),
-            Part::Field(path) => {
-                if doc.is_none() {
-                    doc = Some(
-                        serde_json::from_slice(r.value())
-                            .map_err(|e| format!("routing key needs a JSON value: {e}"))?,
-                    );
-                }
-                let v = path
-                    .split('.')
-                    .try_fold(doc.as_ref().expect("parsed"), |v, k| v.get(k))
-                    .ok_or_else(|| format!("routing key field `{path}` is missing"))?;
-                match v {
-                    serde_json::Value::String(s) => out.push_str(s),
-                    other => out.push_str(&other.to_string()),
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
 pub struct RabbitSink {
     config: Config,
-    template: Vec<Part>,
+    template: Template,
     connection: Option<(Connection, Channel)>,
 }
 
@@ -234,7 +171,7 @@ impl RabbitSink {
         let url = self.config.url.clone();
         let lost = |e: lapin::Error| classify(&e, &url, "publishing to");
         for (i, r) in batch.iter().enumerate() {
-            let key = match routing_key(&self.template, r) {
+            let key = match self.template.render(r) {
                 Ok(k) => k,
                 Err(reason) => {
                     outcome.fail(i, PluginError::rejected(reason));
@@ -289,7 +226,7 @@ impl Sink for RabbitSink {
 
     fn validate(config: &Config) -> Result<(), ConfigError> {
         validate_url(&config.url)?;
-        parse_template(&config.routing_key)?;
+        Template::parse("routing_key", &config.routing_key)?;
         if config.confirm_window == 0 {
             return Err(ConfigError::new("confirm_window", "must be at least 1"));
         }
@@ -303,7 +240,7 @@ impl Sink for RabbitSink {
     }
 
     fn open(config: Config, _ctx: SinkContext) -> Result<Self, PluginError> {
-        let template = parse_template(&config.routing_key)?;
+        let template = Template::parse("routing_key", &config.routing_key)?;
         let mut sink = RabbitSink {
             config,
             template,
@@ -329,22 +266,5 @@ impl Sink for RabbitSink {
                 orbit_plugin_api::runtime().block_on(conn.close(200, "orbit sink closing".into()));
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routing_key_templates() {
-        let parts = parse_template("orders.{status}.{stream}").unwrap();
-        let r = Record::new(r#"{"status":"paid"}"#).with_position("in", 0, vec![1]);
-        assert_eq!(routing_key(&parts, &r).unwrap(), "orders.paid.in");
-        let missing = Record::new(r#"{"x":1}"#);
-        assert!(routing_key(&parts, &missing)
-            .unwrap_err()
-            .contains("status"));
-        assert!(parse_template("a.{").is_err());
     }
 }

@@ -1,0 +1,525 @@
+//! `kafka` sink: produce a batch, wait for every delivery report.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use orbit_plugin_api::{
+    ConfigError, PluginError, Record, Sink, SinkContext, Template, WriteOutcome,
+};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::ClientConfig;
+use serde::Deserialize;
+
+use crate::client::{self, Brokers, Connection, Sasl, Tls};
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+pub enum Acks {
+    #[default]
+    #[serde(rename = "all")]
+    All,
+    #[serde(rename = "1")]
+    Leader,
+    #[serde(rename = "0")]
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTopic {
+    #[serde(default = "one")]
+    pub partitions: i32,
+    #[serde(default = "one")]
+    pub replication_factor: i32,
+}
+
+fn one() -> i32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub brokers: Brokers,
+    /// Fixed (`orders`) or a template over the record (`{stream}`, `events-{tenant}`).
+    pub topic: String,
+    /// A dotted path into the JSON value whose value becomes the Kafka key; by default the
+    /// record's own key.
+    #[serde(default)]
+    pub key_field: Option<String>,
+    /// librdkafka's partitioner: `murmur2_random` (Java client compatible, the default),
+    /// `murmur2`, `consistent_random`, `consistent`, `fnv1a`, `fnv1a_random`, `random`.
+    #[serde(default = "default_partitioner")]
+    pub partitioner: String,
+    #[serde(default)]
+    pub compression: Compression,
+    #[serde(default)]
+    pub acks: Acks,
+    /// The idempotent producer: no duplicates from the producer's own retries.
+    #[serde(default = "yes")]
+    pub idempotent: bool,
+    /// How long librdkafka may wait to fill a batch (`linger.ms`).
+    #[serde(default = "default_linger", with = "humantime_serde")]
+    pub linger: Duration,
+    /// Largest request batch in bytes (`batch.size`).
+    #[serde(default)]
+    pub batch_size: Option<u64>,
+    /// How long librdkafka tries one message before reporting it failed (`message.timeout.ms`);
+    /// after that the host's retry policy takes over.
+    #[serde(default = "default_delivery_timeout", with = "humantime_serde")]
+    pub delivery_timeout: Duration,
+    /// Create a missing topic with this many partitions and replicas.
+    #[serde(default)]
+    pub create_topic: Option<CreateTopic>,
+    /// Adds an `orbit.position` header (`stream/partition/offset-hex` of the source record): a
+    /// dedup key for consumers downstream.
+    #[serde(default)]
+    pub position_header: bool,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(default)]
+    pub sasl: Option<Sasl>,
+    #[serde(default)]
+    pub tls: Option<Tls>,
+    /// Any other librdkafka producer property.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_partitioner() -> String {
+    "murmur2_random".into()
+}
+fn default_linger() -> Duration {
+    Duration::from_millis(5)
+}
+fn default_delivery_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+const PARTITIONERS: &[&str] = &[
+    "random",
+    "consistent",
+    "consistent_random",
+    "murmur2",
+    "murmur2_random",
+    "fnv1a",
+    "fnv1a_random",
+];
+
+impl Config {
+    fn connection(&self) -> Connection<'_> {
+        Connection {
+            brokers: &self.brokers,
+            sasl: &self.sasl,
+            tls: &self.tls,
+            properties: &self.properties,
+        }
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        let mut cfg = self.connection().client_config();
+        let acks = match self.acks {
+            Acks::All => "all",
+            Acks::Leader => "1",
+            Acks::None => "0",
+        };
+        let compression = match self.compression {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        };
+        let mut defaults = ClientConfig::new();
+        defaults
+            .set("acks", acks)
+            .set("enable.idempotence", self.idempotent.to_string())
+            .set("partitioner", &self.partitioner)
+            .set("compression.type", compression)
+            .set("linger.ms", self.linger.as_millis().to_string())
+            .set(
+                "message.timeout.ms",
+                self.delivery_timeout.as_millis().to_string(),
+            );
+        if let Some(b) = self.batch_size {
+            defaults.set("batch.size", b.to_string());
+        }
+        // The typed options first; `properties:` may still override them.
+        for (k, v) in defaults.config_map() {
+            if !self.properties.contains_key(k) {
+                cfg.set(k, v);
+            }
+        }
+        cfg
+    }
+}
+
+/// Delivery reports land here, tagged with the write they belong to.
+#[derive(Default)]
+pub struct Reports {
+    /// (generation, index in batch, result)
+    results: Mutex<Vec<(u32, u32, Result<(), KafkaError>)>>,
+}
+
+pub struct SinkContextImpl {
+    reports: Reports,
+}
+
+impl ClientContext for SinkContextImpl {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(error = %error, "librdkafka: {reason}");
+    }
+}
+
+impl ProducerContext for SinkContextImpl {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let generation = (opaque >> 32) as u32;
+        let index = (opaque & 0xffff_ffff) as u32;
+        let r = match result {
+            Ok(_) => Ok(()),
+            Err((e, _)) => Err(e.clone()),
+        };
+        self.reports
+            .results
+            .lock()
+            .expect("reports lock")
+            .push((generation, index, r));
+    }
+}
+
+type Producer_ = BaseProducer<SinkContextImpl>;
+
+pub struct KafkaSink {
+    config: Config,
+    topic: Template,
+    key_field: Option<Vec<String>>,
+    client_config: ClientConfig,
+    producer: Option<Producer_>,
+    generation: u32,
+    /// Topics known to exist (created or checked), for `create_topic`.
+    known_topics: HashSet<String>,
+}
+
+impl KafkaSink {
+    fn producer(&mut self) -> Result<&Producer_, PluginError> {
+        if self.producer.is_none() {
+            let producer: Producer_ = self
+                .client_config
+                .create_with_context(SinkContextImpl {
+                    reports: Reports::default(),
+                })
+                .map_err(|e| {
+                    PluginError::config(format!(
+                        "cannot create the Kafka producer: {}",
+                        client::scrub(&self.client_config, &e.to_string())
+                    ))
+                })?;
+            let fixed = self.topic.as_static().map(str::to_string);
+            if let (Some(t), Some(_)) = (&fixed, &self.config.create_topic) {
+                self.ensure_topic(t)?;
+            }
+            client::check_reachable(
+                producer.client(),
+                &self.client_config,
+                fixed.as_deref(),
+                self.config.connect_timeout,
+            )?;
+            tracing::info!(
+                config = %client::describe(&self.client_config),
+                "producer connected"
+            );
+            self.producer = Some(producer);
+        }
+        Ok(self.producer.as_ref().expect("just created"))
+    }
+
+    fn ensure_topic(&mut self, topic: &str) -> Result<(), PluginError> {
+        let Some(create) = &self.config.create_topic else {
+            return Ok(());
+        };
+        if self.known_topics.contains(topic) {
+            return Ok(());
+        }
+        let admin: AdminClient<DefaultClientContext> = self
+            .client_config
+            .create()
+            .map_err(|e| PluginError::retriable(format!("cannot create an admin client: {e}")))?;
+        let new = NewTopic::new(
+            topic,
+            create.partitions,
+            TopicReplication::Fixed(create.replication_factor),
+        );
+        let options = AdminOptions::new().operation_timeout(Some(self.config.connect_timeout));
+        let results = block_on(admin.create_topics([&new], &options))
+            .map_err(|e| PluginError::retriable(format!("cannot create topic `{topic}`: {e}")))?;
+        for r in results {
+            match r {
+                Ok(_) => tracing::info!(topic, partitions = create.partitions, "created topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => {
+                    return Err(PluginError::retriable(format!(
+                        "cannot create topic `{topic}`: {code}"
+                    )))
+                }
+            }
+        }
+        self.known_topics.insert(topic.to_string());
+        Ok(())
+    }
+
+    fn key<'r>(&self, r: &'r Record) -> Result<Option<std::borrow::Cow<'r, [u8]>>, String> {
+        let Some(path) = &self.key_field else {
+            return Ok(r.key().map(std::borrow::Cow::Borrowed));
+        };
+        let doc: serde_json::Value = serde_json::from_slice(r.value())
+            .map_err(|e| format!("`key_field` needs a JSON value: {e}"))?;
+        let v = orbit_plugin_api::template::field(&doc, path)
+            .ok_or_else(|| format!("key field `{}` is missing", path.join(".")))?;
+        Ok(Some(std::borrow::Cow::Owned(match v {
+            serde_json::Value::String(s) => s.clone().into_bytes(),
+            other => other.to_string().into_bytes(),
+        })))
+    }
+
+    fn produce(&mut self, batch: &[Record]) -> Result<WriteOutcome, PluginError> {
+        self.producer()?;
+        self.generation = self.generation.wrapping_add(1);
+        let generation = self.generation;
+        let mut outcome = WriteOutcome::ok();
+        let mut failed = vec![false; batch.len()];
+        let mut sent = 0usize;
+        let deadline = Instant::now() + self.config.delivery_timeout + Duration::from_secs(5);
+        // Topics from a template, resolved per record; created first when asked to.
+        let topics: Vec<Result<String, String>> = batch
+            .iter()
+            .map(|r| self.topic.render(r).map_err(|e| format!("topic: {e}")))
+            .collect();
+        if self.config.create_topic.is_some() && self.topic.as_static().is_none() {
+            let distinct: HashSet<&String> = topics.iter().flatten().collect();
+            for t in distinct {
+                self.ensure_topic(t)?;
+            }
+        }
+        let producer = self.producer.as_ref().expect("created above");
+        for (i, r) in batch.iter().enumerate() {
+            let topic = match &topics[i] {
+                Ok(t) => t,
+                Err(reason) => {
+                    outcome.fail(i, PluginError::rejected(reason.clone()));
+                    failed[i] = true;
+                    continue;
+                }
+            };
+            let key = match self.key(r) {
+                Ok(k) => k,
+                Err(reason) => {
+                    outcome.fail(i, PluginError::rejected(reason));
+                    failed[i] = true;
+                    continue;
+                }
+            };
+            let position;
+            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 1);
+            for h in r.headers.iter() {
+                headers = headers.insert(Header {
+                    key: h.name.as_str(),
+                    value: Some(h.value.as_slice()),
+                });
+            }
+            if self.config.position_header {
+                position = position_text(r);
+                headers = headers.insert(Header {
+                    key: "orbit.position",
+                    value: Some(position.as_bytes()),
+                });
+            }
+            let opaque = ((generation as usize) << 32) | i;
+            let mut record = BaseRecord::with_opaque_to(topic, opaque)
+                .payload(r.value())
+                .headers(headers);
+            if let Some(k) = &key {
+                record = record.key(k.as_ref());
+            }
+            if let Some(ts) = r.timestamp_ms.into_option() {
+                record = record.timestamp(ts);
+            }
+            loop {
+                match producer.send(record) {
+                    Ok(()) => {
+                        sent += 1;
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                        if Instant::now() < deadline =>
+                    {
+                        // librdkafka's queue is full: serve delivery reports, then try again.
+                        producer.poll(Duration::from_millis(10));
+                        record = back;
+                    }
+                    Err((e, _)) => {
+                        outcome.fail(i, client::classify(&e, "cannot enqueue the message"));
+                        failed[i] = true;
+                        break;
+                    }
+                }
+            }
+        }
+        // Send now, whatever `linger` says: the batch is complete.
+        let _ = producer.flush(deadline.saturating_duration_since(Instant::now()));
+        let mut reported = 0usize;
+        {
+            let mut results = producer.context().reports.results.lock().expect("lock");
+            for (g, i, r) in results.drain(..) {
+                if g != generation {
+                    continue; // a report for an earlier, abandoned write
+                }
+                reported += 1;
+                if let Err(e) = r {
+                    let i = i as usize;
+                    outcome.fail(i, client::classify(&e, "delivery failed"));
+                    failed[i] = true;
+                }
+            }
+        }
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            tracing::warn!(%code, reason, "fatal producer error; a new producer will be created");
+            self.producer = None;
+            if reported < sent {
+                return Err(PluginError::retriable(format!(
+                    "the producer failed fatally ({code}: {reason}); the batch will be retried \
+                     with a new producer"
+                )));
+            }
+        }
+        if reported < sent {
+            // Reports still missing after the deadline: whatever is outstanding is unknown.
+            // Start over with a new producer so that its late reports cannot be confused.
+            self.producer = None;
+            return Err(PluginError::retriable(format!(
+                "{} of {sent} messages had no delivery report within {}",
+                sent - reported,
+                humantime::format_duration(self.config.delivery_timeout)
+            )));
+        }
+        Ok(outcome)
+    }
+}
+
+fn position_text(r: &Record) -> String {
+    let mut s = format!("{}/{}/", r.stream, r.partition);
+    for b in r.offset.iter() {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// The admin client's futures are driven by librdkafka's threads; a minimal executor waits.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Thread(std::thread::Thread);
+    impl Wake for Thread {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(std::sync::Arc::new(Thread(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        match f.as_mut().poll(&mut cx) {
+            Poll::Ready(v) => return v,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
+impl Sink for KafkaSink {
+    type Config = Config;
+
+    fn validate(config: &Config) -> Result<(), ConfigError> {
+        config.connection().validate()?;
+        Template::parse("topic", &config.topic)?;
+        if config.topic.trim().is_empty() {
+            return Err(ConfigError::new("topic", "name the topic to write to"));
+        }
+        if !PARTITIONERS.contains(&config.partitioner.as_str()) {
+            return Err(ConfigError::new(
+                "partitioner",
+                format!(
+                    "unknown partitioner; use one of {}",
+                    PARTITIONERS.join(", ")
+                ),
+            ));
+        }
+        if config.idempotent && config.acks != Acks::All {
+            return Err(ConfigError::new(
+                "acks",
+                "the idempotent producer needs `acks: all`; set `idempotent: false` to use fewer acks",
+            ));
+        }
+        if let Some(c) = &config.create_topic {
+            if c.partitions < 1 || c.replication_factor < 1 {
+                return Err(ConfigError::new(
+                    "create_topic",
+                    "partitions and replication_factor must be at least 1",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn open(config: Config, _ctx: SinkContext) -> Result<Self, PluginError> {
+        let topic = Template::parse("topic", &config.topic)?;
+        let key_field = config
+            .key_field
+            .as_ref()
+            .map(|k| k.split('.').map(str::to_string).collect());
+        let client_config = config.client_config();
+        let mut sink = KafkaSink {
+            config,
+            topic,
+            key_field,
+            client_config,
+            producer: None,
+            generation: 0,
+            known_topics: HashSet::new(),
+        };
+        // Connect now so that unreachable brokers show at start.
+        sink.producer()?;
+        Ok(sink)
+    }
+
+    fn write(&mut self, batch: &[Record]) -> Result<WriteOutcome, PluginError> {
+        self.produce(batch)
+    }
+
+    fn close(&mut self) -> Result<(), PluginError> {
+        if let Some(p) = self.producer.take() {
+            let _ = p.flush(Duration::from_secs(5));
+        }
+        Ok(())
+    }
+}
