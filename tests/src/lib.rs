@@ -163,3 +163,98 @@ pub fn plugin_dir_with_core_plugins(s: &Scratch) -> PathBuf {
     }
     dir
 }
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for a test's own server).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Whether something accepts connections on 127.0.0.1:`port`.
+pub fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    )
+    .is_ok()
+}
+
+/// A tansu broker (Kafka protocol, in-memory storage) on its own port, stopped on drop.
+/// `.ci/run` installs it; `TANSU` names another binary.
+pub struct Tansu {
+    child: Option<Child>,
+    pub port: u16,
+    log: tempfile::NamedTempFile,
+}
+
+impl Tansu {
+    pub fn start() -> Tansu {
+        Self::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Tansu {
+        let bin = std::env::var("TANSU").unwrap_or_else(|_| "tansu".into());
+        let listener = format!("tcp://127.0.0.1:{port}");
+        let log = tempfile::NamedTempFile::new().expect("log file");
+        let child = Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &listener,
+                "--advertised-listener-url",
+                &listener,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log.reopen().expect("log file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `{bin}` (.ci/run installs tansu): {e}"));
+        let mut t = Tansu {
+            child: Some(child),
+            port,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !port_open(port) {
+            if let Some(status) = t.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("tansu exited ({status}): {}", t.log_text());
+            }
+            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        t
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// Kills the broker (its in-memory data goes with it) and waits until the port is closed.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        wait_for(
+            "the broker's port to close",
+            Duration::from_secs(10),
+            || !port_open(self.port),
+        );
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -226,6 +226,8 @@ pub struct KafkaSink {
 impl KafkaSink {
     fn producer(&mut self) -> Result<&Producer_, PluginError> {
         if self.producer.is_none() {
+            // A new producer may face a new cluster (a broker replaced): check topics again.
+            self.known_topics.clear();
             let producer: Producer_ = self
                 .client_config
                 .create_with_context(SinkContextImpl {

@@ -1,9 +1,11 @@
 //! `kafka` source: a consumer group whose offsets move only for delivered records.
 //!
 //! A poll thread owns the consumer's fetch loop and hands records to `poll` through a bounded
-//! channel. When the channel is full (the host is slower than Kafka) it pauses the assigned
-//! partitions and keeps calling `poll` on the consumer, so the group membership stays alive
-//! without buffering more; it resumes them once the host has caught up.
+//! channel. When the channel is full (the host is slower than Kafka) it stops taking records
+//! from librdkafka, whose prefetch queue is bounded too. When the host takes nothing for
+//! `pause_after` (a sink stuck behind its circuit breaker), it pauses the assigned partitions and
+//! keeps calling `poll` on the consumer, so the group membership stays alive without buffering
+//! more; it resumes them once the host has caught up.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -58,6 +60,10 @@ pub struct Config {
     /// partitions.
     #[serde(default = "default_buffer")]
     pub buffer: usize,
+    /// When the host has taken nothing for this long, pause fetching (and keep the group
+    /// membership alive) until it catches up. Keep it well below `max.poll.interval.ms`.
+    #[serde(default = "default_pause_after", with = "humantime_serde")]
+    pub pause_after: Duration,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
     #[serde(default)]
@@ -74,6 +80,9 @@ fn default_commit_interval() -> Duration {
 }
 fn default_buffer() -> usize {
     10_000
+}
+fn default_pause_after() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
@@ -222,6 +231,9 @@ struct Poller {
     overflow: VecDeque<Item>,
     /// The rebalance count when the partitions were paused, if they are.
     paused_at: Option<u64>,
+    /// Since when a record waits for room in the channel.
+    waiting_since: Instant,
+    pause_after: Duration,
 }
 
 impl Poller {
@@ -242,13 +254,14 @@ impl Poller {
             tracing::warn!(error = %e, pause, "cannot pause or resume partitions");
         }
         if pause {
-            tracing::debug!(
+            tracing::info!(
                 waiting = self.overflow.len(),
-                "host is behind: partitions paused"
+                "the host took nothing for {}: partitions paused",
+                humantime::format_duration(self.pause_after)
             );
             self.paused_at = Some(self.consumer.context().rebalances.load(Ordering::Relaxed));
         } else {
-            tracing::debug!("host caught up: partitions resumed");
+            tracing::info!("the host caught up: partitions resumed");
             self.paused_at = None;
         }
     }
@@ -273,7 +286,20 @@ impl Poller {
             if !self.drain() {
                 return;
             }
-            if self.overflow.is_empty() && self.paused_at.is_some() {
+            if !self.overflow.is_empty() {
+                // The host is behind. Wait for it without fetching more: librdkafka's own
+                // prefetch is bounded (`queued.max.messages.kbytes`). If it stays behind for
+                // `pause_after`, pause the partitions and keep polling so that the group
+                // membership (`max.poll.interval.ms`) stays alive.
+                if self.paused_at.is_none() && self.waiting_since.elapsed() < self.pause_after {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                let rebalances = self.consumer.context().rebalances.load(Ordering::Relaxed);
+                if self.paused_at != Some(rebalances) {
+                    self.set_paused(true);
+                }
+            } else if self.paused_at.is_some() {
                 self.set_paused(false);
             }
             let item = match self.consumer.poll(Duration::from_millis(100)) {
@@ -287,16 +313,14 @@ impl Poller {
             if self.overflow.is_empty() {
                 match self.tx.try_send(item) {
                     Ok(()) => continue,
-                    Err(TrySendError::Full(item)) => self.overflow.push_back(item),
+                    Err(TrySendError::Full(item)) => {
+                        self.overflow.push_back(item);
+                        self.waiting_since = Instant::now();
+                    }
                     Err(TrySendError::Disconnected(_)) => return,
                 }
             } else {
                 self.overflow.push_back(item);
-            }
-            // Pause, and pause again after a rebalance added partitions.
-            let rebalances = self.consumer.context().rebalances.load(Ordering::Relaxed);
-            if self.paused_at != Some(rebalances) {
-                self.set_paused(true);
             }
         }
     }
@@ -359,6 +383,8 @@ impl Source for KafkaSource {
             stop: stop.clone(),
             overflow: VecDeque::new(),
             paused_at: None,
+            waiting_since: Instant::now(),
+            pause_after: config.pause_after,
         };
         let handle = std::thread::Builder::new()
             .name("orbit-kafka-poll".into())
@@ -416,11 +442,9 @@ impl Source for KafkaSource {
                 continue;
             };
             let offset = i64::from_be_bytes(bytes);
-            // The committed offset is the next record to read.
-            if let Err(e) = self
-                .consumer
-                .store_offset(&p.stream, p.partition, offset + 1)
-            {
+            // librdkafka's `rd_kafka_offset_store` stores `offset + 1` (the next record to
+            // read), which is what gets committed.
+            if let Err(e) = self.consumer.store_offset(&p.stream, p.partition, offset) {
                 // The partition moved to another member: it reads from the last commit.
                 tracing::debug!(
                     topic = %p.stream,

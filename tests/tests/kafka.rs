@@ -1,0 +1,681 @@
+//! The kafka plugin against tansu, a real Kafka-protocol broker started per test on its own
+//! port, checked with an independent rdkafka client in this test (not through Orbit).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use orbit_e2e::*;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// Kafka tests move hundreds of thousands of records on two cores: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn config(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    c
+}
+
+fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = config(brokers).create().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let results = rt
+        .block_on(admin.create_topics(
+            [&NewTopic::new(
+                topic,
+                partitions,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        ))
+        .expect("create topic");
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
+    }
+}
+
+/// One message as the independent client sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Msg {
+    key: Option<String>,
+    value: String,
+    headers: Vec<(String, String)>,
+}
+
+/// Produces with one record per batch. tansu 0.6.0 answers a fetch from an offset inside a
+/// record batch with the *next* batch, so a consumer resuming from a committed offset in the
+/// middle of a batch would skip the batch's rest (Kafka returns the containing batch). With
+/// single-record batches every offset starts a batch, and resuming is exact.
+fn produce(brokers: &str, topic: &str, messages: impl Iterator<Item = Msg>) {
+    let p: BaseProducer = config(brokers)
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "1")
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    for m in messages {
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &m.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        let mut record = BaseRecord::<str, str>::to(topic)
+            .payload(&m.value)
+            .headers(headers);
+        if let Some(k) = &m.key {
+            record = record.key(k);
+        }
+        loop {
+            match p.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    p.poll(Duration::from_millis(10));
+                    record = back;
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(60))
+        .expect("every message delivered");
+}
+
+/// Reads `topic` from the beginning of every partition until `n` messages arrived (and then
+/// whatever else is there), as (partition, message) in each partition's order.
+fn consume(brokers: &str, topic: &str, n: usize, timeout: Duration) -> Vec<(i32, Msg)> {
+    let c: BaseConsumer = config(brokers)
+        .set("group.id", "orbit-test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    let mut quiet_since: Option<Instant> = None;
+    loop {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                quiet_since = None;
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push((
+                    m.partition(),
+                    Msg {
+                        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                        value: String::from_utf8_lossy(m.payload().unwrap_or_default())
+                            .into_owned(),
+                        headers,
+                    },
+                ));
+            }
+            Some(Err(e)) => panic!("consumer: {e}"),
+            None => {
+                // Enough, and nothing more for a second: the topic is read.
+                if out.len() >= n {
+                    let since = *quiet_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > Duration::from_secs(1) {
+                        return out;
+                    }
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "read {} of {n} messages from {topic} before the deadline",
+            out.len()
+        );
+    }
+}
+
+/// The sum of the group's committed offsets on `topic`.
+fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> i64 {
+    let c: BaseConsumer = config(brokers).set("group.id", group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    got.elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum()
+}
+
+fn msg(i: usize) -> Msg {
+    Msg {
+        key: Some(format!("k{}", i % 97)),
+        value: format!(r#"{{"id":{i},"pad":"{}"}}"#, "x".repeat(i % 13)),
+        headers: vec![
+            ("trace".to_string(), format!("t-{i}")),
+            ("kind".to_string(), "test".to_string()),
+        ],
+    }
+}
+
+/// The envelope lines the file sink writes, back to messages.
+fn from_envelopes(lines: &[String]) -> Vec<Msg> {
+    lines
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("envelope JSON");
+            let mut headers: Vec<(String, String)> = v["headers"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                .collect();
+            headers.sort();
+            Msg {
+                key: v["key"].as_str().map(str::to_string),
+                value: v["value"].as_str().unwrap().to_string(),
+                headers,
+            }
+        })
+        .collect()
+}
+
+fn sorted_headers(mut m: Msg) -> Msg {
+    m.headers.sort();
+    m
+}
+
+fn kafka_to_file(name: &str, brokers: &str, topic: &str, group: &str, extra: &str) -> String {
+    format!(
+        "name: {name}\n\
+         source:\n  plugin: kafka\n  config:\n    brokers: \"{brokers}\"\n    topic: {topic}\n    group: {group}\n    commit_interval: 500ms\n{extra}\
+         sink:\n  plugin: file\n  config: {{ path: out.jsonl, format: envelope }}\n"
+    )
+}
+
+#[test]
+fn file_to_kafka_publishes_200k_with_keys_and_headers() {
+    let _g = serial();
+    let broker = Tansu::start();
+    let s = Scratch::new();
+    const N: usize = 200_000;
+    let mut input = String::new();
+    for i in 0..N {
+        let m = msg(i);
+        let headers: serde_json::Map<String, serde_json::Value> = m
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        input.push_str(
+            &serde_json::json!({ "key": m.key, "value": m.value, "headers": headers }).to_string(),
+        );
+        input.push('\n');
+    }
+    s.write("in.jsonl", &input);
+    s.write(
+        "p.yaml",
+        &format!(
+            "name: to-kafka\n\
+             source: {{ plugin: file, config: {{ path: in.jsonl, format: envelope }} }}\n\
+             sink:\n  plugin: kafka\n  config:\n    brokers: \"{}\"\n    topic: out\n    \
+             create_topic: {{ partitions: 3 }}\n    compression: lz4\n",
+            broker.brokers()
+        ),
+    );
+    let out = s.run(&["p.yaml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let got = consume(&broker.brokers(), "out", N, Duration::from_secs(120));
+    assert_eq!(
+        got.len(),
+        N,
+        "exactly the input, no duplicates on a clean run"
+    );
+    let mut got: Vec<Msg> = got.into_iter().map(|(_, m)| sorted_headers(m)).collect();
+    let mut want: Vec<Msg> = (0..N).map(|i| sorted_headers(msg(i))).collect();
+    got.sort();
+    want.sort();
+    assert!(got == want, "contents, keys and headers equal");
+}
+
+#[test]
+fn kafka_to_file_delivers_200k_with_keys_and_headers() {
+    let _g = serial();
+    let broker = Tansu::start();
+    let b = broker.brokers();
+    const N: usize = 200_000;
+    create_topic(&b, "in", 3);
+    produce(&b, "in", (0..N).map(msg));
+
+    let s = Scratch::new();
+    s.write("p.yaml", &kafka_to_file("from-kafka", &b, "in", "g1", ""));
+    let mut host = s.spawn(&["p.yaml"]);
+    wait_for("200,000 lines", Duration::from_secs(180), || {
+        s.lines("out.jsonl").len() >= N
+    });
+    signal(&host, libc::SIGTERM);
+    assert!(wait_exit(&mut host, Duration::from_secs(30)).success());
+
+    let mut got = from_envelopes(&s.lines("out.jsonl"));
+    let mut want: Vec<Msg> = (0..N).map(|i| sorted_headers(msg(i))).collect();
+    assert_eq!(got.len(), N, "no duplicates on a clean run");
+    got.sort();
+    want.sort();
+    assert!(got == want, "contents, keys and headers equal");
+    // The group's offsets were committed at the end: up to the end of every partition, that is
+    // one past the last record delivered in each.
+    let mut last: BTreeMap<i64, i64> = BTreeMap::new();
+    for l in s.lines("out.jsonl") {
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        let offset = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            v["offset"].as_str().unwrap(),
+        )
+        .unwrap();
+        let o = i64::from_be_bytes(offset.try_into().unwrap());
+        let e = last.entry(v["partition"].as_i64().unwrap()).or_insert(-1);
+        *e = (*e).max(o);
+    }
+    let next: i64 = last.values().map(|o| o + 1).sum();
+    assert_eq!(
+        committed(&b, "g1", "in", 3),
+        next,
+        "committed = last delivered + 1 per partition {last:?}; watermarks sum {}",
+        end_offsets(&b, "in")
+    );
+}
+
+#[test]
+fn kafka_json_kafka_keeps_order_within_each_partition() {
+    let _g = serial();
+    let broker = Tansu::start();
+    let b = broker.brokers();
+    create_topic(&b, "in", 3);
+    create_topic(&b, "out", 3);
+    const KEYS: usize = 30;
+    const PER_KEY: usize = 2_000;
+    produce(
+        &b,
+        "in",
+        (0..PER_KEY).flat_map(|seq| {
+            (0..KEYS).map(move |k| Msg {
+                key: Some(format!("key-{k}")),
+                value: format!(r#"{{"k":{k},"seq":{seq}}}"#),
+                headers: vec![],
+            })
+        }),
+    );
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        &format!(
+            "name: relay\n\
+             source: {{ plugin: kafka, config: {{ brokers: \"{b}\", topic: in, group: relay }} }}\n\
+             transforms:\n  - plugin: json\n    config: {{ set: {{ relayed: true }} }}\n\
+             sink: {{ plugin: kafka, config: {{ brokers: \"{b}\", topic: out }} }}\n"
+        ),
+    );
+    let mut host = s.spawn(&["p.yaml"]);
+    let got = consume(&b, "out", KEYS * PER_KEY, Duration::from_secs(180));
+    signal(&host, libc::SIGTERM);
+    assert!(wait_exit(&mut host, Duration::from_secs(30)).success());
+
+    assert_eq!(got.len(), KEYS * PER_KEY);
+    let mut next: HashMap<String, u64> = HashMap::new();
+    let mut partition_of: HashMap<String, i32> = HashMap::new();
+    for (p, m) in &got {
+        let v: serde_json::Value = serde_json::from_str(&m.value).unwrap();
+        assert_eq!(v["relayed"], true, "the transform ran: {}", m.value);
+        let key = m.key.clone().unwrap();
+        assert_eq!(
+            *partition_of.entry(key.clone()).or_insert(*p),
+            *p,
+            "one key, one partition"
+        );
+        let expected = next.entry(key.clone()).or_insert(0);
+        assert_eq!(
+            v["seq"].as_u64().unwrap(),
+            *expected,
+            "order of {key} in partition {p}"
+        );
+        *expected += 1;
+    }
+    assert_eq!(next.len(), KEYS);
+    let partitions: HashSet<i32> = partition_of.values().copied().collect();
+    assert_eq!(
+        partitions.len(),
+        3,
+        "the keys spread over the three partitions"
+    );
+}
+
+#[test]
+fn sigkill_then_restart_delivers_everything_duplicates_only_past_the_commit() {
+    let _g = serial();
+    let broker = Tansu::start();
+    let b = broker.brokers();
+    const N: usize = 100_000;
+    create_topic(&b, "in", 2);
+    produce(&b, "in", (0..N).map(msg));
+    let s = Scratch::new();
+    // A slow sink (rate limit) so the kill lands mid-run.
+    s.write(
+        "p.yaml",
+        &(kafka_to_file("crash", &b, "in", "g-crash", "")
+            + "  policy: { rate_limit: { records_per_second: 20000 } }\n"),
+    );
+    let mut host = s.spawn(&["p.yaml"]);
+    wait_for("a third of the records", Duration::from_secs(120), || {
+        s.lines("out.jsonl").len() >= N / 3
+    });
+    signal(&host, libc::SIGKILL);
+    wait_exit(&mut host, Duration::from_secs(10));
+    let at_kill = s.lines("out.jsonl").len();
+    let committed_at_kill = committed(&b, "g-crash", "in", 2);
+    assert!(at_kill < N, "the kill landed mid-run ({at_kill} lines)");
+    assert!(
+        committed_at_kill > 0,
+        "offsets were committed during the run (every 500ms)"
+    );
+
+    let mut host = s.spawn(&["p.yaml"]);
+    wait_for(
+        "every record after the restart",
+        Duration::from_secs(180),
+        || s.lines("out.jsonl").len() >= N + at_kill - committed_at_kill as usize,
+    );
+    signal(&host, libc::SIGTERM);
+    assert!(wait_exit(&mut host, Duration::from_secs(30)).success());
+
+    let got = from_envelopes(&s.lines("out.jsonl"));
+    let distinct: HashSet<&Msg> = got.iter().collect();
+    assert_eq!(distinct.len(), N, "every record of the input topic");
+    let duplicates = got.len() - N;
+    // Re-read: exactly what was written after the last commit before the kill.
+    assert!(
+        duplicates as i64 <= at_kill as i64 - committed_at_kill,
+        "{duplicates} duplicates; uncommitted window was {}",
+        at_kill as i64 - committed_at_kill
+    );
+}
+
+#[test]
+fn two_hosts_share_the_partitions_and_one_takes_over_when_the_other_dies() {
+    let _g = serial();
+    let broker = Tansu::start();
+    let b = broker.brokers();
+    const N: usize = 40_000;
+    create_topic(&b, "in", 4);
+    produce(&b, "in", (0..N).map(msg));
+    let pipeline = |out: &str| {
+        format!(
+            "name: shared\n\
+             source:\n  plugin: kafka\n  config:\n    brokers: \"{b}\"\n    topic: in\n    group: shared\n    \
+             commit_interval: 200ms\n    properties: {{ session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\" }}\n  \
+             policy: {{ rate_limit: {{ records_per_second: 1500 }} }}\n\
+             sink: {{ plugin: file, config: {{ path: {out}, format: envelope }} }}\n"
+        )
+    };
+    let s = Scratch::new();
+    s.write("a.yaml", &pipeline("a.jsonl"));
+    s.write("b.yaml", &pipeline("b.jsonl"));
+    let mut a = s.spawn(&["a.yaml"]);
+    wait_for("host A to receive records", Duration::from_secs(60), || {
+        !s.lines("a.jsonl").is_empty()
+    });
+    let mut b_host = s.spawn(&["b.yaml"]);
+    wait_for("host B to receive records", Duration::from_secs(90), || {
+        !s.lines("b.jsonl").is_empty()
+    });
+    signal(&a, libc::SIGKILL);
+    wait_exit(&mut a, Duration::from_secs(10));
+    let a_lines = s.lines("a.jsonl").len();
+    assert!(a_lines < N, "A was killed before it read everything");
+
+    let all = || {
+        let mut lines = s.lines("a.jsonl");
+        lines.extend(s.lines("b.jsonl"));
+        from_envelopes(&lines).into_iter().collect::<HashSet<Msg>>()
+    };
+    wait_for(
+        "every record across both hosts",
+        Duration::from_secs(180),
+        || all().len() >= N,
+    );
+    signal(&b_host, libc::SIGTERM);
+    assert!(wait_exit(&mut b_host, Duration::from_secs(30)).success());
+    let want: HashSet<Msg> = (0..N).map(|i| sorted_headers(msg(i))).collect();
+    assert!(all() == want);
+    let b_partitions: BTreeMap<String, ()> = s
+        .lines("b.jsonl")
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["partition"].to_string(), ())
+        })
+        .collect();
+    assert_eq!(
+        b_partitions.len(),
+        4,
+        "B took over A's partitions: {b_partitions:?}"
+    );
+}
+
+#[test]
+fn unreachable_brokers_fail_clearly_within_the_timeout() {
+    build_workspace();
+    let s = Scratch::new();
+    let port = free_port();
+    for (name, yaml) in [
+        (
+            "sink",
+            format!(
+                "name: bad\nsource: {{ plugin: generate, config: {{ count: 10 }} }}\n\
+                 sink:\n  plugin: kafka\n  config: {{ brokers: \"127.0.0.1:{port}\", topic: t, connect_timeout: 2s }}\n  \
+                 policy: {{ retry: {{ max_attempts: 2, initial_backoff: 10ms }} }}\n"
+            ),
+        ),
+        (
+            "source",
+            format!(
+                "name: bad\n\
+                 source:\n  plugin: kafka\n  config: {{ brokers: \"127.0.0.1:{port}\", topic: t, group: g, connect_timeout: 2s }}\n  \
+                 policy: {{ retry: {{ max_attempts: 2, initial_backoff: 10ms }} }}\n\
+                 sink: {{ plugin: blackhole }}\n"
+            ),
+        ),
+    ] {
+        s.write("p.yaml", &yaml);
+        let started = Instant::now();
+        let out = s.run(&["p.yaml"]);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{name}: {err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{name}: took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            err.contains(&format!("cannot reach the Kafka brokers `127.0.0.1:{port}` within 2s")),
+            "{name}: {err}"
+        );
+    }
+}
+
+#[test]
+fn bad_kafka_options_are_config_errors_at_validate() {
+    let s = Scratch::new();
+    for (config, key) in [
+        (
+            "{ brokers: \"b:1\", topic: t, partitioner: nope }",
+            "partitioner",
+        ),
+        ("{ brokers: \"b:1\", topic: t, acks: \"1\" }", "acks"),
+        (
+            "{ brokers: \"b:1\", topic: t, properties: { enable.auto.commit: \"true\" } }",
+            "properties.enable.auto.commit",
+        ),
+        (
+            "{ brokers: \"b:1\", topic: t, properties: { no.such.thing: \"1\" } }",
+            "no.such.thing",
+        ),
+    ] {
+        s.write(
+            "p.yaml",
+            &format!(
+                "name: v\nsource: {{ plugin: generate, config: {{ count: 1 }} }}\nsink: {{ plugin: kafka, config: {config} }}\n"
+            ),
+        );
+        let out = s.run(&["validate", "p.yaml"]);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{config}");
+        assert!(err.contains(key), "{key}: {err}");
+        assert!(err.contains("p.yaml:3:"), "points at the line: {err}");
+    }
+}
+
+/// The sum of the partitions' high watermarks (the offsets a fully caught-up group commits).
+fn end_offsets(brokers: &str, topic: &str) -> i64 {
+    let c: BaseConsumer = config(brokers).create().unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .unwrap();
+    md.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| {
+            c.fetch_watermarks(topic, p.id(), Duration::from_secs(5))
+                .unwrap()
+                .1
+        })
+        .sum()
+}
+
+/// How many records `topic` holds (0 while it does not exist), from its watermarks.
+fn count_in(brokers: &str, topic: &str) -> i64 {
+    let c: BaseConsumer = config(brokers).create().unwrap();
+    let Ok(md) = c.fetch_metadata(Some(topic), Duration::from_secs(5)) else {
+        return 0;
+    };
+    md.topics()
+        .iter()
+        .flat_map(|t| t.partitions())
+        .filter_map(|p| {
+            c.fetch_watermarks(topic, p.id(), Duration::from_secs(5))
+                .ok()
+        })
+        .map(|(low, high)| high - low)
+        .sum()
+}
+
+/// Reads the whole topic, or nothing if it does not exist.
+fn seqs_in(brokers: &str, topic: &str, at_least: usize) -> HashSet<u64> {
+    consume(brokers, topic, at_least, Duration::from_secs(60))
+        .into_iter()
+        .map(|(_, m)| {
+            let v: serde_json::Value = serde_json::from_str(&m.value).unwrap();
+            v["seq"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn broker_replaced_mid_run_breaker_and_retries_ride_it_out() {
+    let _g = serial();
+    let mut broker = Tansu::start();
+    let b = broker.brokers();
+    const N: u64 = 30_000;
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        &format!(
+            "name: outage\n\
+             source: {{ plugin: generate, config: {{ count: {N}, rate: 3000 }} }}\n\
+             sink:\n  plugin: kafka\n  config:\n    brokers: \"{b}\"\n    topic: out\n    \
+             create_topic: {{ partitions: 1 }}\n    delivery_timeout: 2s\n    connect_timeout: 2s\n  \
+             policy:\n    retry: {{ initial_backoff: 100ms, max_backoff: 1s }}\n    \
+             circuit_breaker: {{ failure_threshold: 3, open_for: 2s }}\n\
+             batch: {{ max_records: 200 }}\n"
+        ),
+    );
+    // Logs go to a file: a 20 s outage writes more than a pipe holds.
+    let log = std::fs::File::create(s.path("host.log")).unwrap();
+    let mut host = s
+        .host(&["p.yaml"])
+        .stderr(log)
+        .spawn()
+        .expect("orbit-host starts");
+    let mut seen_old: HashSet<u64> = HashSet::new();
+    wait_for(
+        "a quarter of the records on the first broker",
+        Duration::from_secs(60),
+        || count_in(&b, "out") >= N as i64 / 4,
+    );
+    // Freeze the host so that what the first broker holds stops changing, read all of it with
+    // the independent client, then take the broker away and let the host run on without it.
+    signal(&host, libc::SIGSTOP);
+    seen_old.extend(seqs_in(&b, "out", 1));
+    broker.stop();
+    signal(&host, libc::SIGCONT);
+    let down_since = Instant::now();
+    // The outage lasts 20 s, then a fresh broker (empty) comes up on the same port.
+    while down_since.elapsed() < Duration::from_secs(20) {
+        assert!(
+            host.try_wait().unwrap().is_none(),
+            "the host rode out the outage"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _fresh = Tansu::start_on(broker.port);
+    let status = wait_exit(&mut host, Duration::from_secs(120));
+    let err = std::fs::read_to_string(s.path("host.log")).unwrap();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("circuit breaker opened"), "{err}");
+    assert!(err.contains("circuit breaker closed"), "{err}");
+
+    let seen_new = seqs_in(&b, "out", 1);
+    let missing: Vec<u64> = (0..N)
+        .filter(|i| !seen_old.contains(i) && !seen_new.contains(i))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} records lost, first {:?} (old broker had {}, new has {})",
+        missing.len(),
+        &missing[..missing.len().min(10)],
+        seen_old.len(),
+        seen_new.len()
+    );
+}
