@@ -248,9 +248,17 @@ impl Stage<SinkBox> {
     ) -> Result<(orbit_plugin_api::ffi::WriteOutcomeFfi, u32), CallError> {
         let input = records.clone();
         self.policy
-            .call(&mut self.instance, records.len(), stop, move |s| {
-                s.write(input.as_rslice()).into_result()
-            })
+            .call_judged(
+                &mut self.instance,
+                records.len(),
+                stop,
+                move |s| s.write(input.as_rslice()).into_result(),
+                |out| {
+                    !out.failures
+                        .iter()
+                        .any(|f| f.error.kind() == ErrorKind::Retriable)
+                },
+            )
             .await
     }
 }

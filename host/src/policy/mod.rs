@@ -475,6 +475,26 @@ impl PolicyStack {
         R: Send + 'static,
         F: Fn(&mut T) -> Result<R, PluginError> + Clone + Send + 'static,
     {
+        self.call_judged(stage, records, stop, op, |_| true).await
+    }
+
+    /// [`PolicyStack::call`] for calls that can return `Ok` and still have failed: `healthy`
+    /// says whether a result counts as a success for the circuit breaker. A sink batch whose
+    /// records all failed retriably (every message timed out) must not close the breaker; the
+    /// caller reports the failure with [`PolicyStack::record_failure`].
+    pub async fn call_judged<T, R, F>(
+        &mut self,
+        stage: &mut StageInstance<T>,
+        records: usize,
+        stop: &CancellationToken,
+        op: F,
+        healthy: impl Fn(&R) -> bool,
+    ) -> Result<(R, u32), CallError>
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+        F: Fn(&mut T) -> Result<R, PluginError> + Clone + Send + 'static,
+    {
         let started = Instant::now();
         let mut attempts = 0u32;
         loop {
@@ -488,8 +508,10 @@ impl PolicyStack {
             self.metrics.calls.fetch_add(1, Relaxed);
             let error = match timeout::within(self.timeout, stage.call(op.clone())).await {
                 Ok(Ok(value)) => {
-                    let t = self.breaker.on_success();
-                    self.log_transition(t);
+                    if healthy(&value) {
+                        let t = self.breaker.on_success();
+                        self.log_transition(t);
+                    }
                     return Ok((value, attempts));
                 }
                 Ok(Err(e)) => e,

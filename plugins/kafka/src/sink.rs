@@ -240,15 +240,24 @@ impl KafkaSink {
                     ))
                 })?;
             let fixed = self.topic.as_static().map(str::to_string);
-            if let (Some(t), Some(_)) = (&fixed, &self.config.create_topic) {
-                self.ensure_topic(t)?;
-            }
             client::check_reachable(
                 producer.client(),
                 &self.client_config,
-                fixed.as_deref(),
+                None,
                 self.config.connect_timeout,
             )?;
+            if let Some(t) = &fixed {
+                if self.config.create_topic.is_some() {
+                    self.ensure_topic(t)?;
+                } else {
+                    client::check_reachable(
+                        producer.client(),
+                        &self.client_config,
+                        Some(t),
+                        self.config.connect_timeout,
+                    )?;
+                }
+            }
             tracing::info!(
                 config = %client::describe(&self.client_config),
                 "producer connected"
@@ -274,7 +283,10 @@ impl KafkaSink {
             create.partitions,
             TopicReplication::Fixed(create.replication_factor),
         );
-        let options = AdminOptions::new().operation_timeout(Some(self.config.connect_timeout));
+        // Bounded: with the cluster away the request would otherwise wait for it.
+        let options = AdminOptions::new()
+            .operation_timeout(Some(self.config.connect_timeout))
+            .request_timeout(Some(self.config.connect_timeout));
         let results = block_on(admin.create_topics([&new], &options))
             .map_err(|e| PluginError::retriable(format!("cannot create topic `{topic}`: {e}")))?;
         for r in results {
