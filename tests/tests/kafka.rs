@@ -695,3 +695,43 @@ fn broker_replaced_mid_run_breaker_and_retries_ride_it_out() {
         seen_new.len()
     );
 }
+
+#[test]
+fn a_stalled_sink_pauses_the_partitions_and_resuming_loses_nothing() {
+    let _g = serial();
+    let broker = Tansu::start();
+    let b = broker.brokers();
+    const N: usize = 5_000;
+    create_topic(&b, "in", 2);
+    produce(&b, "in", (0..N).map(msg));
+    let s = Scratch::new();
+    // The sink fails its first three calls, each asking for 1 s: the host stops polling for
+    // about 3 s, longer than `pause_after`.
+    s.write(
+        "p.yaml",
+        &format!(
+            "name: stall\n\
+             source:\n  plugin: kafka\n  config: {{ brokers: \"{b}\", topic: in, group: stall, buffer: 50, pause_after: 1s }}\n\
+             sink:\n  plugin: chaos\n  config: {{ path: out.txt, fail_calls: 3, retry_after: 1s }}\n\
+             batch: {{ max_records: 100 }}\n"
+        ),
+    );
+    let log = std::fs::File::create(s.path("host.log")).unwrap();
+    let mut host = s
+        .host(&["p.yaml"])
+        .stderr(log)
+        .spawn()
+        .expect("orbit-host starts");
+    wait_for("every record", Duration::from_secs(120), || {
+        s.lines("out.txt").len() >= N
+    });
+    signal(&host, libc::SIGTERM);
+    assert!(wait_exit(&mut host, Duration::from_secs(30)).success());
+    let err = std::fs::read_to_string(s.path("host.log")).unwrap();
+    assert!(err.contains("partitions paused"), "{err}");
+    assert!(err.contains("partitions resumed"), "{err}");
+    let got = s.lines("out.txt");
+    let distinct: HashSet<&String> = got.iter().collect();
+    assert_eq!(distinct.len(), N, "every record after the pause");
+    assert_eq!(got.len(), N, "a pause re-reads nothing");
+}
