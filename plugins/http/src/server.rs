@@ -186,7 +186,9 @@ impl Server {
     pub fn shutdown(&mut self, grace: Duration) {
         self.handle.graceful_shutdown(Some(grace));
         if let Some(task) = self.task.take() {
-            let _ = runtime().block_on(tokio::time::timeout(grace + Duration::from_secs(1), task));
+            runtime().block_on(async move {
+                let _ = tokio::time::timeout(grace + Duration::from_secs(1), task).await;
+            });
         }
     }
 }

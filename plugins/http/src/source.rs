@@ -208,10 +208,12 @@ impl Source for HttpSource {
                 return Ok(SourceBatch::default());
             }
             // A notification sent between the check above and here is kept as a permit.
-            let _ = runtime().block_on(tokio::time::timeout(
-                deadline - now,
-                self.shared.notify.notified(),
-            ));
+            let wait = deadline - now;
+            let notify = &self.shared.notify;
+            // The timer is created inside the runtime: `timeout` needs its context.
+            runtime().block_on(async move {
+                let _ = tokio::time::timeout(wait, notify.notified()).await;
+            });
         }
     }
 
@@ -452,20 +454,23 @@ pub fn parse_body(body: &[u8], ndjson: bool) -> Result<Vec<&RawValue>, String> {
     if text.trim().is_empty() {
         return Err("empty body: send a JSON object, a JSON array or NDJSON".into());
     }
-    let mut values = Vec::new();
-    for v in serde_json::Deserializer::from_str(text).into_iter::<&RawValue>() {
-        values.push(v.map_err(|e| format!("malformed JSON: {e}"))?);
-    }
     if ndjson {
-        // Strict NDJSON: no value may span lines.
+        // Strict NDJSON: one value per line, the error names the line.
+        let mut values = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if !line.is_empty() {
-                serde_json::from_str::<&RawValue>(line)
-                    .map_err(|e| format!("malformed NDJSON at line {}: {e}", i + 1))?;
+                values.push(
+                    serde_json::from_str::<&RawValue>(line)
+                        .map_err(|e| format!("malformed NDJSON at line {}: {e}", i + 1))?,
+                );
             }
         }
         return Ok(values);
+    }
+    let mut values = Vec::new();
+    for v in serde_json::Deserializer::from_str(text).into_iter::<&RawValue>() {
+        values.push(v.map_err(|e| format!("malformed JSON: {e}"))?);
     }
     if values.len() == 1 && values[0].get().starts_with('[') {
         let v = values[0];
