@@ -307,6 +307,22 @@ struct Request {
     url: String,
     indices: Vec<usize>,
     body: Vec<u8>,
+    /// `per_record`: the record's dedup key, sent as `X-Orbit-Record-Id`.
+    record_id: Option<String>,
+}
+
+/// A stable id for one record: its key if it has one, else `stream/partition/hex(offset)`.
+fn record_id(r: &Record) -> String {
+    let id = match r.key() {
+        Some(k) if !k.is_empty() => String::from_utf8_lossy(k).into_owned(),
+        _ => format!("{}/{}/{}", r.stream, r.partition, hex::encode(r.offset.as_slice())),
+    };
+    if HeaderValue::from_str(&id).is_ok() {
+        id
+    } else {
+        // Not usable in a header as it is (control characters): hex, still stable.
+        hex::encode(id.as_bytes())
+    }
 }
 
 impl Sink for HttpSink {
@@ -446,7 +462,7 @@ impl Sink for HttpSink {
         let this = &*self;
         let results: Vec<(Vec<usize>, Result<(), PluginError>)> = runtime().block_on(
             stream::iter(requests.into_iter().map(|r| async move {
-                let result = this.send(&r.url, r.body).await;
+                let result = this.send(&r.url, r.body, r.record_id.as_deref()).await;
                 (r.indices, result)
             }))
             .buffer_unordered(self.concurrency)
@@ -542,6 +558,7 @@ impl HttpSink {
                             url: url.clone(),
                             indices: vec![i],
                             body: batch[i].value().to_vec(),
+                            record_id: Some(record_id(&batch[i])),
                         });
                     }
                 }
@@ -568,6 +585,7 @@ impl HttpSink {
                             url: url.clone(),
                             indices: chunk.to_vec(),
                             body,
+                            record_id: None,
                         });
                     }
                 }
@@ -590,12 +608,20 @@ impl HttpSink {
         }
     }
 
-    async fn send(&self, url: &str, body: Vec<u8>) -> Result<(), PluginError> {
+    async fn send(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+        record_id: Option<&str>,
+    ) -> Result<(), PluginError> {
         let mut req = self
             .client
             .request(self.method.clone(), url)
             .headers(self.headers.clone())
             .header(CONTENT_TYPE, self.content_type.clone());
+        if let Some(id) = record_id {
+            req = req.header("X-Orbit-Record-Id", id);
+        }
         match &self.auth {
             Some(Auth::Bearer { token }) => req = req.bearer_auth(token),
             Some(Auth::Basic { username, password }) => {
@@ -623,7 +649,13 @@ impl HttpSink {
         };
         let what = format!("{} {}", self.method, redact(url));
         let response = req.body(body).send().await.map_err(|e| {
-            PluginError::retriable(format!("{what}: {}; the host retries", describe(e)))
+            if e.is_builder() {
+                // The request itself cannot be built (a bad URL or header): sending it again
+                // would fail the same way.
+                PluginError::rejected(format!("{what}: {}", describe(e)))
+            } else {
+                PluginError::retriable(format!("{what}: {}; the host retries", describe(e)))
+            }
         })?;
         let status = response.status();
         if status.is_success() {
