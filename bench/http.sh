@@ -5,15 +5,15 @@
 #   vs baseline-http: the same records, batches, chunks and concurrency with one reqwest client.
 # Prints records/s and the ratio (median of RUNS alternating runs).
 #
-#   bench/http.sh        # COUNT=200000 RUNS=5 BATCH=1000 CHUNK=100 CONC=4 PAD=64
+#   bench/http.sh        # COUNT=1000000 RUNS=5 BATCH=1000 CHUNK=100 CONC=4 PADS="64 1000"
 set -euo pipefail
 cd "$(dirname "$0")/.."
-COUNT=${COUNT:-200000}
+COUNT=${COUNT:-1000000}
 RUNS=${RUNS:-5}
 BATCH=${BATCH:-1000}
 CHUNK=${CHUNK:-100}
 CONC=${CONC:-4}
-PAD=${PAD:-64}
+PADS=${PADS:-64 1000}
 PORT=${PORT:-18999}
 cargo build --release --workspace --quiet
 work=$(mktemp -d)
@@ -22,6 +22,7 @@ hole=$!
 trap 'kill $hole 2>/dev/null; wait $hole 2>/dev/null; rm -rf "$work"' EXIT
 while ! (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null; do sleep 0.05; done
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+for PAD in $PADS; do
 pad=$(head -c "$PAD" /dev/zero | tr '\0' 'x')
 cat > "$work/sink.yaml" <<YAML
 name: bench-http-sink
@@ -41,3 +42,4 @@ done
 b=$(printf '%s\n' "${base[@]}" | median); o=$(printf '%s\n' "${orbit[@]}" | median)
 echo "http sink, $COUNT records of $((PAD + 20)) B, batch $BATCH, $CHUNK per request, concurrency $CONC:"
 echo "  bare reqwest $b records/s (${base[*]}), orbit $o records/s (${orbit[*]}), ratio $(echo "$o / $b" | bc -l | xargs printf '%.2f')x"
+done

@@ -211,13 +211,18 @@ fn render(parts: &[Part], r: &Record) -> Result<String, String> {
 /// The URL without its password, for logs and errors.
 pub fn redact(url: &str) -> String {
     match reqwest::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            u.to_string()
-        }
+        Ok(u) => redact_url(&u),
         Err(_) => "<unparsable URL>".to_string(),
+    }
+}
+
+fn redact_url(url: &reqwest::Url) -> String {
+    if url.password().is_some() {
+        let mut u = url.clone();
+        let _ = u.set_password(Some("***"));
+        u.to_string()
+    } else {
+        url.to_string()
     }
 }
 
@@ -288,8 +293,8 @@ fn header_map(config: &Config) -> Result<HeaderMap, ConfigError> {
 pub struct HttpSink {
     client: reqwest::Client,
     template: Vec<Part>,
-    /// The URL when it has no placeholders.
-    fixed_url: Option<String>,
+    /// The URL when it has no placeholders, parsed once.
+    fixed_url: Option<reqwest::Url>,
     method: reqwest::Method,
     body: BodyMode,
     headers: HeaderMap,
@@ -304,7 +309,7 @@ pub struct HttpSink {
 
 /// One request: the URL, the indices of its records in the batch, the body.
 struct Request {
-    url: String,
+    url: reqwest::Url,
     indices: Vec<usize>,
     body: Vec<u8>,
     /// `per_record`: the record's dedup key, sent as `X-Orbit-Record-Id`.
@@ -407,7 +412,10 @@ impl Sink for HttpSink {
     fn open(config: Config, ctx: SinkContext) -> Result<Self, PluginError> {
         let template = parse_template(&config.url)?;
         let fixed_url = match template.as_slice() {
-            [Part::Text(t)] => Some(t.clone()),
+            [Part::Text(t)] => Some(
+                reqwest::Url::parse(t)
+                    .map_err(|e| PluginError::config(format!("`url`: not a URL ({e})")))?,
+            ),
             _ => None,
         };
         let headers = header_map(&config)?;
@@ -508,7 +516,7 @@ impl HttpSink {
     /// Groups records by URL (in first-seen order), splits them into requests and builds the
     /// bodies. Records that cannot be sent (URL, framing) go to `failed` as rejected.
     fn requests(&self, batch: &[Record], failed: &mut Vec<(usize, PluginError)>) -> Vec<Request> {
-        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut groups: Vec<(reqwest::Url, Vec<usize>)> = Vec::new();
         let mut by_url: HashMap<String, usize> = HashMap::new();
         for (i, r) in batch.iter().enumerate() {
             if let Err(msg) = self.check_framing(r) {
@@ -531,22 +539,21 @@ impl HttpSink {
                     }
                 },
             };
-            if let Err(e) = reqwest::Url::parse(&url) {
-                failed.push((
-                    i,
-                    PluginError::rejected(format!(
-                        "the URL rendered for this record is invalid ({e}): {}",
-                        redact(&url)
-                    )),
-                ));
-                continue;
-            }
             match by_url.get(&url) {
                 Some(&g) => groups[g].1.push(i),
-                None => {
-                    by_url.insert(url.clone(), groups.len());
-                    groups.push((url, vec![i]));
-                }
+                None => match reqwest::Url::parse(&url) {
+                    Ok(parsed) => {
+                        by_url.insert(url, groups.len());
+                        groups.push((parsed, vec![i]));
+                    }
+                    Err(e) => failed.push((
+                        i,
+                        PluginError::rejected(format!(
+                            "the URL rendered for this record is invalid ({e}): {}",
+                            redact(&url)
+                        )),
+                    )),
+                },
             }
         }
         let mut requests = Vec::new();
@@ -610,13 +617,13 @@ impl HttpSink {
 
     async fn send(
         &self,
-        url: &str,
+        url: &reqwest::Url,
         body: Vec<u8>,
         record_id: Option<&str>,
     ) -> Result<(), PluginError> {
         let mut req = self
             .client
-            .request(self.method.clone(), url)
+            .request(self.method.clone(), url.clone())
             .headers(self.headers.clone())
             .header(CONTENT_TYPE, self.content_type.clone());
         if let Some(id) = record_id {
@@ -647,14 +654,15 @@ impl HttpSink {
         } else {
             body
         };
-        let what = format!("{} {}", self.method, redact(url));
+        // Only formatted when something failed.
+        let what = || format!("{} {}", self.method, redact_url(url));
         let response = req.body(body).send().await.map_err(|e| {
             if e.is_builder() {
                 // The request itself cannot be built (a bad URL or header): sending it again
                 // would fail the same way.
-                PluginError::rejected(format!("{what}: {}", describe(e)))
+                PluginError::rejected(format!("{}: {}", what(), describe(e)))
             } else {
-                PluginError::retriable(format!("{what}: {}; the host retries", describe(e)))
+                PluginError::retriable(format!("{}: {}; the host retries", what(), describe(e)))
             }
         })?;
         let status = response.status();
@@ -673,7 +681,7 @@ impl HttpSink {
             Err(_) => String::new(),
         };
         let code = status.as_u16();
-        let message = format!("{what}: HTTP {status}{text}");
+        let message = format!("{}: HTTP {status}{text}", what());
         if self
             .retry_on
             .iter()
