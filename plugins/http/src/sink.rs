@@ -320,7 +320,12 @@ struct Request {
 fn record_id(r: &Record) -> String {
     let id = match r.key() {
         Some(k) if !k.is_empty() => String::from_utf8_lossy(k).into_owned(),
-        _ => format!("{}/{}/{}", r.stream, r.partition, hex::encode(r.offset.as_slice())),
+        _ => format!(
+            "{}/{}/{}",
+            r.stream,
+            r.partition,
+            hex::encode(r.offset.as_slice())
+        ),
     };
     if HeaderValue::from_str(&id).is_ok() {
         id

@@ -81,7 +81,7 @@ impl Filter {
             Some(serde_json::Value::Null) | None => false,
             Some(other) => {
                 let s = other.to_string();
-                allowed.iter().any(|a| *a == s)
+                allowed.contains(&s)
             }
         })
     }
