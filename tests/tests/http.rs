@@ -607,6 +607,115 @@ sink: {{ plugin: file, config: {{ path: out.jsonl }} }}
     assert!(status.success(), "{}", log.lock().unwrap());
 }
 
+/// curl -i: (status, the Retry-After header if any).
+fn post_with_headers(url: &str, body: &str) -> (u16, Option<String>) {
+    let out = curl()
+        .args([
+            "-i",
+            "-H",
+            "Content-Type: application/x-ndjson",
+            "--data-binary",
+            body,
+            url,
+        ])
+        .output()
+        .unwrap();
+    let text = text_of(&out.stdout);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status: {text}"));
+    let retry_after = text.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("retry-after:")
+            .map(|v| v.trim().to_string())
+    });
+    (status, retry_after)
+}
+
+#[test]
+fn source_answers_503_with_retry_after_when_the_pipeline_cannot_keep_up() {
+    // The sink fails every call (retriable, retried for ever): batches back up, the source
+    // stops being polled, its queue fills.
+    let s = Scratch::new();
+    let (accepted_port, delivered_port) = (free_port(), free_port());
+    s.write(
+        "p.yaml",
+        &format!(
+            r#"
+name: accepted
+source:
+  plugin: http
+  config: {{ address: 127.0.0.1:{accepted_port}, ack_mode: accepted, queue_records: 10, retry_after: 2s }}
+sink:
+  plugin: chaos
+  config: {{ fail_calls: 1000000000, path: a.txt }}
+  policy: {{ retry: {{ initial_backoff: 10ms, max_backoff: 10ms }}, circuit_breaker: {{ failure_threshold: 1000000 }} }}
+batch: {{ max_records: 5, buffer: 1 }}
+"#
+        ),
+    );
+    s.write(
+        "q.yaml",
+        &format!(
+            r#"
+name: delivered
+source:
+  plugin: http
+  config: {{ address: 127.0.0.1:{delivered_port}, ack_mode: delivered, delivery_timeout: 300ms }}
+sink:
+  plugin: chaos
+  config: {{ fail_calls: 1000000000, path: d.txt, counter: d }}
+  policy: {{ retry: {{ initial_backoff: 10ms, max_backoff: 10ms }}, circuit_breaker: {{ failure_threshold: 1000000 }} }}
+"#
+        ),
+    );
+    let mut child = s.spawn(&[
+        "p.yaml",
+        "q.yaml",
+        "--progress",
+        "0s",
+        "--grace-period",
+        "1s",
+    ]);
+    let log = collect_stderr(&mut child);
+    wait_port(accepted_port);
+    wait_port(delivered_port);
+    let five = "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n{\"a\":4}\n{\"a\":5}\n";
+    let url = format!("http://127.0.0.1:{accepted_port}/");
+    let mut answers = Vec::new();
+    for _ in 0..100 {
+        let (status, retry_after) = post_with_headers(&url, five);
+        answers.push(status);
+        if status == 503 {
+            assert_eq!(retry_after.as_deref(), Some("2"));
+            break;
+        }
+        assert_eq!(status, 202);
+    }
+    assert_eq!(answers.last(), Some(&503), "{answers:?}");
+    assert!(
+        answers.len() >= 3,
+        "a few requests were accepted first: {answers:?}"
+    );
+
+    let started = Instant::now();
+    let (status, retry_after) =
+        post_with_headers(&format!("http://127.0.0.1:{delivered_port}/"), five);
+    assert_eq!(status, 503);
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    signal(&child, libc::SIGTERM);
+    let _ = wait_exit(&mut child, Duration::from_secs(60));
+    let err = log.lock().unwrap().clone();
+    assert!(
+        s.lines("a.txt").is_empty() && s.lines("d.txt").is_empty(),
+        "{err}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // sse sink
 
