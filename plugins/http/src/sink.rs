@@ -774,11 +774,10 @@ mod tests {
             UNIX_EPOCH + Duration::from_secs(1_700_000_000),
         );
         assert_eq!(ts, "1700000000");
-        let mut mac = Hmac::<Sha256>::new_from_slice(b"secret").unwrap();
-        mac.update(b"1700000000.{\"a\":1}");
+        // python3 -c 'import hmac,hashlib; print(hmac.new(b"secret", b"1700000000.{\"a\":1}", hashlib.sha256).hexdigest())'
         assert_eq!(
             sig,
-            format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+            "v1=49f24e537407743fa4a0242bb63b94b9a47ee99cbbe071ccd8a22550ae411686"
         );
     }
 
@@ -808,6 +807,95 @@ mod tests {
         assert!(render(&parts, &r)
             .unwrap_err()
             .contains("`table` is missing"));
+    }
+
+    fn sink(yaml_json: &str) -> HttpSink {
+        let config: Config = serde_json::from_str(yaml_json).unwrap();
+        HttpSink::validate(&config).unwrap();
+        HttpSink::open(
+            config,
+            SinkContext {
+                pipeline: "p".into(),
+                stage: "sink".into(),
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn records_are_grouped_by_url_then_chunked_and_unframeable_ones_rejected() {
+        let s = sink(
+            r#"{"url":"http://127.0.0.1:9/t/{table}","body":"json_array","max_batch_records":2}"#,
+        );
+        let batch: Vec<Record> = [
+            r#"{"table":"a","n":0}"#,
+            r#"{"table":"b","n":1}"#,
+            r#"{"table":"a","n":2}"#,
+            "not json",
+            r#"{"table":"a","n":4}"#,
+            r#"{"n":5}"#,
+            r#"{"table":"b","n":6}"#,
+        ]
+        .iter()
+        .map(|v| Record::new(*v))
+        .collect();
+        let mut failed = Vec::new();
+        let requests = s.requests(&batch, &mut failed);
+        let shape: Vec<(String, Vec<usize>, String)> = requests
+            .iter()
+            .map(|r| {
+                (
+                    r.url.to_string(),
+                    r.indices.clone(),
+                    String::from_utf8(r.body.clone()).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (
+                    "http://127.0.0.1:9/t/a".to_string(),
+                    vec![0, 2],
+                    r#"[{"table":"a","n":0},{"table":"a","n":2}]"#.to_string()
+                ),
+                (
+                    "http://127.0.0.1:9/t/a".to_string(),
+                    vec![4],
+                    r#"[{"table":"a","n":4}]"#.to_string()
+                ),
+                (
+                    "http://127.0.0.1:9/t/b".to_string(),
+                    vec![1, 6],
+                    r#"[{"table":"b","n":1},{"table":"b","n":6}]"#.to_string()
+                ),
+            ]
+        );
+        let rejected: Vec<usize> = failed.iter().map(|(i, _)| *i).collect();
+        assert_eq!(rejected, vec![3, 5]);
+        assert!(failed
+            .iter()
+            .all(|(_, e)| e.kind() == orbit_plugin_api::ErrorKind::Rejected));
+    }
+
+    #[test]
+    fn a_refused_connection_fails_the_whole_call_as_retriable_without_secrets() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut s = sink(&format!(
+            r#"{{"url":"http://user:pw-secret@127.0.0.1:{port}/x","auth":{{"bearer":{{"token":"tok-secret"}}}},"signature":{{"secret":"mac-secret"}},"timeout":"2s"}}"#
+        ));
+        let e = s.write(&[Record::new("{}")]).unwrap_err();
+        assert_eq!(e.kind(), orbit_plugin_api::ErrorKind::Retriable);
+        let m = e.message();
+        assert!(m.contains("cannot connect"), "{m}");
+        assert!(m.contains("user:***@"), "{m}");
+        for secret in ["pw-secret", "tok-secret", "mac-secret"] {
+            assert!(!m.contains(secret), "{m}");
+        }
     }
 
     #[test]
