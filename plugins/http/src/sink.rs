@@ -305,6 +305,17 @@ pub struct HttpSink {
     chunk: usize,
     concurrency: usize,
     retry_on: Vec<(u16, u16)>,
+    stats: Stats,
+}
+
+/// Logged on close: how much was sent and how long `write` took in total.
+#[derive(Default)]
+struct Stats {
+    writes: u64,
+    requests: u64,
+    records: u64,
+    failed_requests: u64,
+    in_write: Duration,
 }
 
 /// One request: the URL, the indices of its records in the batch, the body.
@@ -463,6 +474,7 @@ impl Sink for HttpSink {
             chunk: config.max_batch_records.unwrap_or(usize::MAX),
             concurrency: config.concurrency,
             retry_on,
+            stats: Stats::default(),
         })
     }
 
@@ -470,8 +482,12 @@ impl Sink for HttpSink {
         if batch.is_empty() {
             return Ok(WriteOutcome::ok());
         }
+        let started = std::time::Instant::now();
         let mut failed: Vec<(usize, PluginError)> = Vec::new();
         let requests = self.requests(batch, &mut failed);
+        self.stats.writes += 1;
+        self.stats.requests += requests.len() as u64;
+        self.stats.records += batch.len() as u64;
         let this = &*self;
         let results: Vec<(Vec<usize>, Result<(), PluginError>)> = runtime().block_on(
             stream::iter(requests.into_iter().map(|r| async move {
@@ -485,9 +501,13 @@ impl Sink for HttpSink {
         for (indices, result) in results {
             match result {
                 Ok(()) => any_ok = true,
-                Err(e) => failed.extend(indices.into_iter().map(|i| (i, e.clone()))),
+                Err(e) => {
+                    self.stats.failed_requests += 1;
+                    failed.extend(indices.into_iter().map(|i| (i, e.clone())))
+                }
             }
         }
+        self.stats.in_write += started.elapsed();
         if failed.is_empty() {
             return Ok(WriteOutcome::ok());
         }
@@ -514,6 +534,22 @@ impl Sink for HttpSink {
             outcome.fail(i, e);
         }
         Ok(outcome)
+    }
+}
+
+impl Drop for HttpSink {
+    fn drop(&mut self) {
+        let s = &self.stats;
+        if s.writes > 0 {
+            tracing::info!(
+                writes = s.writes,
+                requests = s.requests,
+                failed_requests = s.failed_requests,
+                records = s.records,
+                in_write_ms = s.in_write.as_millis() as u64,
+                "http sink done"
+            );
+        }
     }
 }
 
