@@ -316,10 +316,24 @@ batch: {{ max_records: 500 }}
 #[derive(Default)]
 struct Picky {
     accepted: Vec<u64>,
+    wrong_record_ids: Vec<String>,
 }
 
-async fn picky(State(state): State<Arc<Mutex<Picky>>>, body: Bytes) -> Response {
+async fn picky(
+    State(state): State<Arc<Mutex<Picky>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let id = ids_of(&body)[0];
+    // The dedup key: the record's source position, `stream/partition/hex(offset)`.
+    let record_id = headers
+        .get("x-orbit-record-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    if record_id != format!("generate/0/{}", hex::encode(id.to_be_bytes())) {
+        state.lock().unwrap().wrong_record_ids.push(record_id);
+    }
     if id % 10 == 0 {
         return (
             StatusCode::BAD_REQUEST,
@@ -361,6 +375,7 @@ errors:
     let out = s.run(&["p.yaml", "--progress", "0s"]);
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
+    assert_eq!(state.lock().unwrap().wrong_record_ids, Vec::<String>::new());
     let mut accepted = state.lock().unwrap().accepted.clone();
     accepted.sort();
     assert_eq!(
