@@ -175,11 +175,13 @@ impl Config {
     }
 }
 
+/// One delivery report: the write it belongs to, the record's index in that batch, the result.
+type Report = (u32, u32, Result<(), KafkaError>);
+
 /// Delivery reports land here, tagged with the write they belong to.
 #[derive(Default)]
 pub struct Reports {
-    /// (generation, index in batch, result)
-    results: Mutex<Vec<(u32, u32, Result<(), KafkaError>)>>,
+    results: Mutex<Vec<Report>>,
 }
 
 pub struct SinkContextImpl {
