@@ -17,9 +17,9 @@
 //! * **Duplicates**: a request whose answer was lost (timeout after the server processed it)
 //!   or whose records are retried after a partial failure may be delivered again. The window is
 //!   the records of the requests in flight when the failure happened (at most one batch).
-//! * **Dedup key**: with `body: per_record`, the `X-Orbit-Record-Id` header: the record key if
-//!   it has one, else `stream/partition/hex(offset)` of its source position, the same on every
-//!   retry. Batched bodies are regrouped on retry, so dedup there on an id inside the values
+//! * **Dedup key**: with `body: per_record`, the `X-Orbit-Record-Id` header:
+//!   `stream/partition/hex(offset)` of the record's source position, the same on every
+//!   retry and different for every record. Batched bodies are regrouped on retry, so dedup there on an id inside the values
 //!   (e.g. `seq` from `generate`). `X-Orbit-Timestamp` is the signing time, not a key.
 //! * **Signature**: `X-Orbit-Timestamp` is the Unix time in seconds as decimal text and
 //!   `X-Orbit-Signature` is `v1=` followed by the lower-case hex of

@@ -216,14 +216,22 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// The URL with its password and every query value replaced by `***` (query strings often
+/// carry tokens: `?api_key=`, `?sig=`).
 fn redact_url(url: &reqwest::Url) -> String {
-    if url.password().is_some() {
-        let mut u = url.clone();
+    let mut u = url.clone();
+    if u.password().is_some() {
         let _ = u.set_password(Some("***"));
-        u.to_string()
-    } else {
-        url.to_string()
     }
+    if u.query().is_some() {
+        let names: Vec<String> = u.query_pairs().map(|(k, _)| k.into_owned()).collect();
+        let mut q = u.query_pairs_mut();
+        q.clear();
+        for k in names {
+            q.append_pair(&k, "***");
+        }
+    }
+    u.to_string()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -327,17 +335,16 @@ struct Request {
     record_id: Option<String>,
 }
 
-/// A stable id for one record: its key if it has one, else `stream/partition/hex(offset)`.
+/// A stable id for one record: `stream/partition/hex(offset)`, its source position, the same for
+/// every retry of the record and different for every record (a key names an entity, and one
+/// entity has many records: deduplicating on it would drop updates).
 fn record_id(r: &Record) -> String {
-    let id = match r.key() {
-        Some(k) if !k.is_empty() => String::from_utf8_lossy(k).into_owned(),
-        _ => format!(
-            "{}/{}/{}",
-            r.stream,
-            r.partition,
-            hex::encode(r.offset.as_slice())
-        ),
-    };
+    let id = format!(
+        "{}/{}/{}",
+        r.stream,
+        r.partition,
+        hex::encode(r.offset.as_slice())
+    );
     if HeaderValue::from_str(&id).is_ok() {
         id
     } else {
@@ -449,6 +456,9 @@ impl Sink for HttpSink {
                 .connect_timeout(config.timeout.min(Duration::from_secs(10)))
                 .pool_max_idle_per_host(config.concurrency.max(1) * 2)
                 .user_agent(concat!("orbit-http/", env!("CARGO_PKG_VERSION")))
+                // A redirect would turn a POST into a bodyless GET whose 200 looks like
+                // success: never follow one; a 3xx is a configuration error.
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .map_err(|e| PluginError::fatal(format!("cannot build the HTTP client: {e}")))?
         };
@@ -712,6 +722,11 @@ impl HttpSink {
             let _ = response.bytes().await;
             return Ok(());
         }
+        let response_location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(|l| format!(" to {}", redact(l)));
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
@@ -733,6 +748,16 @@ impl HttpSink {
                 Some(d) => e.with_retry_after(d),
                 None => e,
             })
+        } else if status.is_redirection() {
+            let location = response_location.unwrap_or_default();
+            Err(PluginError::config(format!(
+                "{message}: the endpoint redirects{location}; set `url` to the final address \
+                 (redirects are not followed: they would drop the body)"
+            )))
+        } else if code == 401 || code == 403 {
+            Err(PluginError::config(format!(
+                "{message}: the endpoint refused the credentials; check `auth` and `headers`"
+            )))
         } else {
             Err(PluginError::rejected(message))
         }

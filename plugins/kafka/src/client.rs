@@ -91,6 +91,10 @@ const RESERVED: &[&str] = &[
     "enable.auto.offset.store",
     "enable.auto.commit",
     "group.id",
+    // Without success reports the sink could never tell a batch was delivered.
+    "delivery.report.only.error",
+    // Transactions are not what the sink does; it would wait on a transaction never committed.
+    "transactional.id",
 ];
 
 impl Connection<'_> {
@@ -122,7 +126,12 @@ impl Connection<'_> {
         cfg.set("client.id", "orbit-validate");
         cfg.create::<rdkafka::producer::BaseProducer>()
             .map(drop)
-            .map_err(|e| ConfigError::new("properties", format!("librdkafka refused: {e}")))
+            .map_err(|e| {
+                ConfigError::new(
+                    "properties",
+                    format!("librdkafka refused: {}", scrub(&cfg, &e.to_string())),
+                )
+            })
     }
 
     pub fn client_config(&self) -> ClientConfig {

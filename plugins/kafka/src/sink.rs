@@ -221,6 +221,9 @@ pub struct KafkaSink {
     client_config: ClientConfig,
     producer: Option<Producer_>,
     generation: u32,
+    /// `message.timeout.ms` in effect (`delivery_timeout`, or a `properties:` override): how
+    /// long librdkafka may hold a message before reporting it.
+    delivery_timeout: Duration,
     /// Topics known to exist (created or checked), for `create_topic`.
     known_topics: HashSet<String>,
 }
@@ -327,7 +330,7 @@ impl KafkaSink {
         let mut outcome = WriteOutcome::ok();
         let mut failed = vec![false; batch.len()];
         let mut sent = 0usize;
-        let deadline = Instant::now() + self.config.delivery_timeout + Duration::from_secs(5);
+        let deadline = Instant::now() + self.delivery_timeout + Duration::from_secs(5);
         // Topics from a template, resolved per record; created first when asked to.
         let topics: Vec<Result<String, String>> = batch
             .iter()
@@ -437,7 +440,7 @@ impl KafkaSink {
             return Err(PluginError::retriable(format!(
                 "{} of {sent} messages had no delivery report within {}",
                 sent - reported,
-                humantime::format_duration(self.config.delivery_timeout)
+                humantime::format_duration(self.delivery_timeout)
             )));
         }
         Ok(outcome)
@@ -514,6 +517,11 @@ impl Sink for KafkaSink {
             .as_ref()
             .map(|k| k.split('.').map(str::to_string).collect());
         let client_config = config.client_config();
+        let delivery_timeout = client_config
+            .get("message.timeout.ms")
+            .and_then(|ms| ms.parse().ok())
+            .map(Duration::from_millis)
+            .unwrap_or(config.delivery_timeout);
         let mut sink = KafkaSink {
             config,
             topic,
@@ -521,6 +529,7 @@ impl Sink for KafkaSink {
             client_config,
             producer: None,
             generation: 0,
+            delivery_timeout,
             known_topics: HashSet::new(),
         };
         // Connect now so that unreachable brokers show at start.

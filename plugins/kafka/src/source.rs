@@ -82,7 +82,7 @@ fn default_buffer() -> usize {
     10_000
 }
 fn default_pause_after() -> Duration {
-    Duration::from_secs(30)
+    Duration::from_secs(10)
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
