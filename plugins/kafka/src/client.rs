@@ -211,8 +211,9 @@ pub fn describe(cfg: &ClientConfig) -> String {
 /// Removes secret values from an error text librdkafka may have echoed them into.
 pub fn scrub(cfg: &ClientConfig, text: &str) -> String {
     let mut out = text.to_string();
-    for (k, v) in cfg.config_map() {
-        if is_secret(k) && !v.is_empty() {
+    // `config_map` already hides the values rdkafka knows to be sensitive: read the real ones.
+    for k in cfg.config_map().keys() {
+        if let Some(v) = cfg.get(k).filter(|v| is_secret(k) && !v.is_empty()) {
             out = out.replace(v, "***");
         }
     }
