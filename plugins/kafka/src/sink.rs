@@ -406,8 +406,20 @@ impl KafkaSink {
                 }
             }
         }
-        // Send now, whatever `linger` says: the batch is complete.
-        let _ = producer.flush(deadline.saturating_duration_since(Instant::now()));
+        // Send now, whatever `linger` says: the batch is complete. (`flush` with a zero timeout
+        // only wakes the brokers; rdkafka's `flush` with a timeout polls in 100 ms steps, and
+        // its `poll` always waits out its timeout, so wait for the reports in 1 ms steps.)
+        let _ = producer.flush(Duration::ZERO);
+        while Instant::now() < deadline {
+            let done = {
+                let results = producer.context().reports.results.lock().expect("lock");
+                results.iter().filter(|(g, _, _)| *g == generation).count() >= sent
+            };
+            if done {
+                break;
+            }
+            producer.poll(Duration::from_millis(1));
+        }
         let mut reported = 0usize;
         {
             let mut results = producer.context().reports.results.lock().expect("lock");
