@@ -34,6 +34,7 @@ for i in $(seq 1 "$RUNS"); do
 name: bench-kafka-relay
 source: { plugin: kafka, config: { brokers: "$brokers", topic: in, group: orbit-bench-$i-$$ } }
 sink: { plugin: kafka, config: { brokers: "$brokers", topic: orbit-$i } }
+batch: { max_records: ${BATCH:-1000} }
 YAML
   # Done when the host reports COUNT records written (tansu's watermarks do not count records
   # exactly, so the topic is not asked).
