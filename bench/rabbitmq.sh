@@ -34,7 +34,7 @@ for size in 1024 12; do
 name: bench-rabbit-sink
 source: { plugin: generate, config: { count: $COUNT, template: '$payload' } }
 sink: { plugin: rabbitmq, config: { url: "amqp://guest:guest@127.0.0.1:5672/%2f", routing_key: $Q, confirm_window: 1024 } }
-batch: { max_records: 1000 }
+batch: { max_records: ${BATCH:-1000} }
 YAML
     rm -rf "$work/state"
     # Orbit's own figure: from pipeline start (connecting included) to the last confirm.
@@ -55,7 +55,7 @@ YAML
 name: bench-rabbit-source
 source: { plugin: rabbitmq, config: { url: "amqp://guest:guest@127.0.0.1:5672/%2f", queue: $Q, prefetch: 2000 } }
 sink: { plugin: file, config: { path: "$work/orbit.txt" } }
-batch: { max_records: 1000, max_wait: 20ms }
+batch: { max_records: ${BATCH:-1000}, max_wait: 20ms }
 YAML
     rm -rf "$work/state" "$work/orbit.txt"
     s=$(date +%s.%N)
