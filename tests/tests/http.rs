@@ -965,3 +965,65 @@ batch: {{ max_records: 500, max_wait: 10ms }}
     );
     drop(stuck);
 }
+
+/// A redirect is not followed (it would turn the POST into a bodyless GET whose 200 looks like
+/// success) and refused credentials stop the pipeline: neither loses records silently nor
+/// dead-letters every record. Tokens in the query string stay out of the log.
+#[test]
+fn redirects_and_refused_credentials_stop_the_pipeline_with_a_clear_error() {
+    let gets = Arc::new(Mutex::new(0u32));
+    let counter = gets.clone();
+    let server = serve(
+        0,
+        Router::new()
+            .route(
+                "/moved",
+                axum::routing::post(|| async {
+                    (
+                        StatusCode::FOUND,
+                        [(axum::http::header::LOCATION, "/elsewhere")],
+                    )
+                }),
+            )
+            .route(
+                "/elsewhere",
+                axum::routing::get(move || {
+                    let c = counter.clone();
+                    async move {
+                        *c.lock().unwrap() += 1;
+                        StatusCode::OK
+                    }
+                }),
+            )
+            .route(
+                "/locked",
+                axum::routing::post(|| async { StatusCode::UNAUTHORIZED }),
+            ),
+    );
+    let s = Scratch::new();
+    for (path, expect) in [
+        ("moved", "the endpoint redirects to /elsewhere"),
+        ("locked", "the endpoint refused the credentials"),
+    ] {
+        s.write(
+            "p.yaml",
+            &format!(
+                "name: refused\nsource: {{ plugin: generate, config: {{ count: 10 }} }}\n\
+                 sink: {{ plugin: http, config: {{ url: \"http://127.0.0.1:{}/{path}?token=s3cr3t\" }} }}\n\
+                 errors:\n  tolerance: all\n  dead_letter: {{ plugin: file, config: {{ path: dlq.jsonl }} }}\n",
+                server.port
+            ),
+        );
+        let out = s.run(&["p.yaml", "--progress", "0s"]);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{path}: {err}");
+        assert!(err.contains(expect), "{path}: {err}");
+        assert!(!err.contains("s3cr3t"), "{path}: the token leaked: {err}");
+        assert!(
+            s.lines("dlq.jsonl").is_empty(),
+            "{path}: nothing dead-lettered"
+        );
+    }
+    assert_eq!(*gets.lock().unwrap(), 0, "the redirect was not followed");
+    server.stop();
+}

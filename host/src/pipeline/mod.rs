@@ -846,6 +846,16 @@ async fn write_through_policy(
                 });
             }
         }
+        // A record failing with a configuration or fatal error is not bad input: stop (its
+        // position stays unacknowledged) instead of dead-lettering every record that follows.
+        if let Some(f) = failures
+            .iter()
+            .find(|f| matches!(f.error.kind(), ErrorKind::Config | ErrorKind::Fatal))
+        {
+            return Err(Some(
+                shared.stage_error(&stage.instance.id, f.error.clone()),
+            ));
+        }
         dead_letter::handle(shared, &stage.instance.id, &current, failures)
             .await
             .map_err(Some)?;

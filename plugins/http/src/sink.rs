@@ -726,7 +726,15 @@ impl HttpSink {
             .headers()
             .get(reqwest::header::LOCATION)
             .and_then(|v| v.to_str().ok())
-            .map(|l| format!(" to {}", redact(l)));
+            .map(|l| {
+                // Absolute: redacted like any URL; relative: its path, without the query.
+                let shown = if reqwest::Url::parse(l).is_ok() {
+                    redact(l)
+                } else {
+                    l.split('?').next().unwrap_or_default().to_string()
+                };
+                format!(" to {shown}")
+            });
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
