@@ -70,9 +70,39 @@ impl Template {
         self.parts.iter().any(|p| matches!(p, Part::Field(_)))
     }
 
+    /// The literal text before the first placeholder, if the template starts with one.
+    pub fn leading_text(&self) -> Option<&str> {
+        match self.parts.first() {
+            Some(Part::Text(t)) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The template with every placeholder replaced by `placeholder`, for checking the shape of
+    /// what it renders (a URL, a topic name) at validation time.
+    pub fn sample(&self, placeholder: &str) -> String {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Text(t) => t.as_str(),
+                _ => placeholder,
+            })
+            .collect()
+    }
+
     /// Renders the template for one record. The error says which field is missing or that the
     /// value is not JSON; callers usually reject the record with it.
     pub fn render(&self, r: &Record) -> Result<String, String> {
+        self.render_encoded(r, |value, out| out.push_str(value))
+    }
+
+    /// [`Template::render`] with every substituted value passed through `encode` (literal text
+    /// is kept as written), e.g. percent-encoding for a URL.
+    pub fn render_encoded(
+        &self,
+        r: &Record,
+        encode: impl Fn(&str, &mut String),
+    ) -> Result<String, String> {
         if let Some(t) = self.as_static() {
             return Ok(t.to_string());
         }
@@ -88,16 +118,19 @@ impl Template {
         for p in &self.parts {
             match p {
                 Part::Text(t) => out.push_str(t),
-                Part::Stream => out.push_str(&r.stream),
-                Part::Partition => out.push_str(&r.partition.to_string()),
-                Part::Key => out.push_str(&String::from_utf8_lossy(r.key().unwrap_or_default())),
+                Part::Stream => encode(&r.stream, &mut out),
+                Part::Partition => encode(&r.partition.to_string(), &mut out),
+                Part::Key => encode(
+                    &String::from_utf8_lossy(r.key().unwrap_or_default()),
+                    &mut out,
+                ),
                 Part::Field(path) => {
                     let v = field(doc.as_ref().expect("parsed above"), path).ok_or_else(|| {
                         format!("the template's field `{}` is missing", path.join("."))
                     })?;
                     match v {
-                        serde_json::Value::String(s) => out.push_str(s),
-                        other => out.push_str(&other.to_string()),
+                        serde_json::Value::String(s) => encode(s, &mut out),
+                        other => encode(&other.to_string(), &mut out),
                     }
                 }
             }

@@ -96,6 +96,17 @@ impl Scratch {
             .expect("orbit-host starts")
     }
 
+    /// Like [`Scratch::spawn`], with stderr going to the file `log` in the scratch dir: for runs
+    /// that log more than a pipe holds while nobody reads it (outages, retries).
+    pub fn spawn_logged(&self, args: &[&str], log: &str) -> Child {
+        let file = std::fs::File::create(self.path(log)).expect("log file");
+        self.host(args)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("orbit-host starts")
+    }
+
     pub fn lines(&self, name: &str) -> Vec<String> {
         read_lines(&self.path(name))
     }

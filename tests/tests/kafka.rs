@@ -179,6 +179,15 @@ fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> i64 {
         .sum()
 }
 
+/// A broker whose topic `in` (with `partitions`) holds `msg(0..n)`.
+fn broker_with_input(partitions: i32, n: usize) -> (Tansu, String) {
+    let broker = Tansu::start();
+    let b = broker.brokers();
+    create_topic(&b, "in", partitions);
+    produce(&b, "in", (0..n).map(msg));
+    (broker, b)
+}
+
 fn msg(i: usize) -> Msg {
     Msg {
         key: Some(format!("k{}", i % 97)),
@@ -274,11 +283,8 @@ fn file_to_kafka_publishes_200k_with_keys_and_headers() {
 #[test]
 fn kafka_to_file_delivers_200k_with_keys_and_headers() {
     let _g = serial();
-    let broker = Tansu::start();
-    let b = broker.brokers();
     const N: usize = 200_000;
-    create_topic(&b, "in", 3);
-    produce(&b, "in", (0..N).map(msg));
+    let (_broker, b) = broker_with_input(3, N);
 
     let s = Scratch::new();
     s.write("p.yaml", &kafka_to_file("from-kafka", &b, "in", "g1", ""));
@@ -385,11 +391,8 @@ fn kafka_json_kafka_keeps_order_within_each_partition() {
 #[test]
 fn sigkill_then_restart_delivers_everything_duplicates_only_past_the_commit() {
     let _g = serial();
-    let broker = Tansu::start();
-    let b = broker.brokers();
     const N: usize = 100_000;
-    create_topic(&b, "in", 2);
-    produce(&b, "in", (0..N).map(msg));
+    let (_broker, b) = broker_with_input(2, N);
     let s = Scratch::new();
     // A slow sink (rate limit) so the kill lands mid-run.
     s.write(
@@ -439,11 +442,8 @@ fn sigkill_then_restart_delivers_everything_duplicates_only_past_the_commit() {
 #[test]
 fn two_hosts_share_the_partitions_and_take_over_from_each_other() {
     let _g = serial();
-    let broker = Tansu::start();
-    let b = broker.brokers();
     const N: usize = 40_000;
-    create_topic(&b, "in", 4);
-    produce(&b, "in", (0..N).map(msg));
+    let (_broker, b) = broker_with_input(4, N);
     let pipeline = |out: &str| {
         format!(
             "name: shared\n\
@@ -648,12 +648,7 @@ fn broker_replaced_mid_run_breaker_and_retries_ride_it_out() {
         ),
     );
     // Logs go to a file: a 20 s outage writes more than a pipe holds.
-    let log = std::fs::File::create(s.path("host.log")).unwrap();
-    let mut host = s
-        .host(&["p.yaml"])
-        .stderr(log)
-        .spawn()
-        .expect("orbit-host starts");
+    let mut host = s.spawn_logged(&["p.yaml"], "host.log");
     let mut seen_old: HashSet<u64> = HashSet::new();
     wait_for(
         "a quarter of the records on the first broker",
@@ -699,11 +694,8 @@ fn broker_replaced_mid_run_breaker_and_retries_ride_it_out() {
 #[test]
 fn a_stalled_sink_pauses_the_partitions_and_resuming_loses_nothing() {
     let _g = serial();
-    let broker = Tansu::start();
-    let b = broker.brokers();
     const N: usize = 5_000;
-    create_topic(&b, "in", 2);
-    produce(&b, "in", (0..N).map(msg));
+    let (_broker, b) = broker_with_input(2, N);
     let s = Scratch::new();
     // The sink fails its first three calls, each asking for 1 s: the host stops polling for
     // about 3 s, longer than `pause_after`.
@@ -716,12 +708,7 @@ fn a_stalled_sink_pauses_the_partitions_and_resuming_loses_nothing() {
              batch: {{ max_records: 100 }}\n"
         ),
     );
-    let log = std::fs::File::create(s.path("host.log")).unwrap();
-    let mut host = s
-        .host(&["p.yaml"])
-        .stderr(log)
-        .spawn()
-        .expect("orbit-host starts");
+    let mut host = s.spawn_logged(&["p.yaml"], "host.log");
     wait_for("every record", Duration::from_secs(120), || {
         s.lines("out.txt").len() >= N
     });

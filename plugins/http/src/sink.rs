@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::stream::{self, StreamExt as _};
 use hmac::{Hmac, Mac};
 use orbit_plugin_api::{
-    runtime, ConfigError, PluginError, Record, Sink, SinkContext, WriteOutcome,
+    runtime, ConfigError, PluginError, Record, Sink, SinkContext, Template, WriteOutcome,
 };
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
 use serde::Deserialize;
@@ -121,49 +121,6 @@ fn default_retry_on() -> Vec<StatusMatch> {
 // ---------------------------------------------------------------------------------------------
 // URL templates
 
-#[derive(Debug, Clone, PartialEq)]
-enum Part {
-    Text(String),
-    Stream,
-    Key,
-    Partition,
-    Field(String),
-}
-
-fn parse_template(t: &str) -> Result<Vec<Part>, ConfigError> {
-    let mut parts = Vec::new();
-    let mut rest = t;
-    while let Some(start) = rest.find('{') {
-        if start > 0 {
-            parts.push(Part::Text(rest[..start].to_string()));
-        }
-        let end = rest[start..].find('}').ok_or_else(|| {
-            ConfigError::new(
-                "url",
-                "unterminated `{` in the URL template; close it with `}`",
-            )
-        })?;
-        let name = &rest[start + 1..start + end];
-        parts.push(match name {
-            "stream" => Part::Stream,
-            "key" => Part::Key,
-            "partition" => Part::Partition,
-            "" => {
-                return Err(ConfigError::new(
-                    "url",
-                    "empty `{}` in the URL template; name a field, `{stream}`, `{key}` or `{partition}`",
-                ))
-            }
-            field => Part::Field(field.to_string()),
-        });
-        rest = &rest[start + end + 1..];
-    }
-    if !rest.is_empty() {
-        parts.push(Part::Text(rest.to_string()));
-    }
-    Ok(parts)
-}
-
 /// Percent-encodes everything but RFC 3986 unreserved characters: a substituted value stays
 /// inside its path segment or query value.
 fn encode_component(s: &str, out: &mut String) {
@@ -174,38 +131,6 @@ fn encode_component(s: &str, out: &mut String) {
             out.push_str(&format!("%{b:02X}"));
         }
     }
-}
-
-fn render(parts: &[Part], r: &Record) -> Result<String, String> {
-    let mut doc: Option<serde_json::Value> = None;
-    let mut out = String::new();
-    for p in parts {
-        match p {
-            Part::Text(t) => out.push_str(t),
-            Part::Stream => encode_component(&r.stream, &mut out),
-            Part::Partition => out.push_str(&r.partition.to_string()),
-            Part::Key => encode_component(
-                &String::from_utf8_lossy(r.key().unwrap_or_default()),
-                &mut out,
-            ),
-            Part::Field(path) => {
-                if doc.is_none() {
-                    doc = Some(serde_json::from_slice(r.value()).map_err(|e| {
-                        format!("the URL template needs a JSON value for `{{{path}}}`: {e}")
-                    })?);
-                }
-                let v = path
-                    .split('.')
-                    .try_fold(doc.as_ref().expect("parsed"), |v, k| v.get(k))
-                    .ok_or_else(|| format!("the URL template's field `{path}` is missing"))?;
-                match v {
-                    serde_json::Value::String(s) => encode_component(s, &mut out),
-                    other => encode_component(&other.to_string(), &mut out),
-                }
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// The URL without its password, for logs and errors.
@@ -300,7 +225,7 @@ fn header_map(config: &Config) -> Result<HeaderMap, ConfigError> {
 
 pub struct HttpSink {
     client: reqwest::Client,
-    template: Vec<Part>,
+    template: Template,
     /// The URL when it has no placeholders, parsed once.
     fixed_url: Option<reqwest::Url>,
     method: reqwest::Method,
@@ -357,17 +282,10 @@ impl Sink for HttpSink {
     type Config = Config;
 
     fn validate(config: &Config) -> Result<(), ConfigError> {
-        let parts = parse_template(&config.url)?;
+        let template = Template::parse("url", &config.url)?;
         // A template is checked with every placeholder standing for `x`.
-        let sample: String = parts
-            .iter()
-            .map(|p| match p {
-                Part::Text(t) => t.as_str(),
-                _ => "x",
-            })
-            .collect();
-        check_url(&sample)?;
-        if let Some(Part::Text(t)) = parts.first() {
+        check_url(&template.sample("x"))?;
+        if let Some(t) = template.leading_text() {
             if !t.contains("://") || t.ends_with("://") {
                 return Err(ConfigError::new(
                     "url",
@@ -433,9 +351,9 @@ impl Sink for HttpSink {
     }
 
     fn open(config: Config, ctx: SinkContext) -> Result<Self, PluginError> {
-        let template = parse_template(&config.url)?;
-        let fixed_url = match template.as_slice() {
-            [Part::Text(t)] => Some(
+        let template = Template::parse("url", &config.url)?;
+        let fixed_url = match template.as_static() {
+            Some(t) => Some(
                 reqwest::Url::parse(t)
                     .map_err(|e| PluginError::config(format!("`url`: not a URL ({e})")))?,
             ),
@@ -582,7 +500,7 @@ impl HttpSink {
                     groups[0].1.push(i);
                     continue;
                 }
-                None => match render(&self.template, r) {
+                None => match self.template.render_encoded(r, encode_component) {
                     Ok(u) => u,
                     Err(msg) => {
                         failed.push((i, PluginError::rejected(msg)));
@@ -864,7 +782,8 @@ mod tests {
 
     #[test]
     fn templates_render_and_encode() {
-        let parts = parse_template("http://h/t/{table}/{key}?s={stream}").unwrap();
+        let parts = Template::parse("url", "http://h/t/{table}/{key}?s={stream}").unwrap();
+        let render = |t: &Template, r: &Record| t.render_encoded(r, encode_component);
         let r = Record::new(r#"{"table":"a b/c"}"#)
             .with_key("k1")
             .with_position("orders", 0, vec![0]);
