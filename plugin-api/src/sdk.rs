@@ -75,7 +75,9 @@ pub trait Source: Send + Sized + 'static {
 
     /// Returns up to `max_records` records, waiting at most about `max_wait` for the first
     /// ones. An empty batch is fine; call [`SourceBatch::end_of_stream`] when there will never
-    /// be more.
+    /// be more. A source that can get nothing until earlier records are acknowledged (a
+    /// broker's prefetch credit used up) should return an empty batch at once: the host then
+    /// waits for its in-flight batches (or the rest of `max_wait`) before the next poll.
     fn poll(&mut self, max_records: usize, max_wait: Duration) -> Result<SourceBatch, PluginError>;
 
     /// Every record up to and including these positions was delivered (written, dead-lettered

@@ -370,3 +370,156 @@ defaults:
         "{err}"
     );
 }
+
+/// A TLS terminator in front of the real broker: accepts TLS on a free port with a certificate
+/// signed by a test CA and relays the plain bytes to 127.0.0.1:5672. Counts completed
+/// handshakes, so a test can tell the plugin really spoke TLS.
+struct TlsFront {
+    port: u16,
+    handshakes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl TlsFront {
+    /// Returns the terminator and the CA certificate (PEM) that signed its certificate.
+    fn start() -> (TlsFront, String) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        use tokio_rustls::rustls;
+
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "orbit test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handshakes = Arc::new(AtomicUsize::new(0));
+        let counted = handshakes.clone();
+        rt.spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    // A client that refuses the certificate ends here.
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let Ok(mut broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await
+                    else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
+                });
+            }
+        });
+        (
+            TlsFront {
+                port,
+                handshakes,
+                _rt: rt,
+            },
+            ca.pem(),
+        )
+    }
+
+    fn handshakes(&self) -> usize {
+        self.handshakes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn amqps_with_a_private_ca_and_separate_credentials_in_both_directions() {
+    let _broker = serial();
+    let (q_in, q_out) = ("orbit-test-tls-in", "orbit-test-tls-out");
+    fresh_queue(q_in);
+    fresh_queue(q_out);
+    let (front, ca_pem) = TlsFront::start();
+    let s = Scratch::new();
+    s.write("ca.pem", &ca_pem);
+    let url = format!("amqps://127.0.0.1:{}/%2f", front.port);
+    // The password comes from its own key, never from the URL.
+    let conn =
+        format!("url: \"{url}\", username: guest, password: guest, tls: {{ ca_file: ca.pem }}");
+    s.write(
+        "sink.yaml",
+        &format!("name: tls-sink\nsource: {{ plugin: generate, config: {{ count: 5000, template: 'tls-{{{{seq}}}}' }} }}\nsink: {{ plugin: rabbitmq, config: {{ {conn}, routing_key: {q_out} }} }}\n"),
+    );
+    let out = s.run(&["sink.yaml", "--progress", "0s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(front.handshakes() >= 1, "the sink did not go through TLS");
+    // Checked on the plain port by the independent client.
+    let mut got = consume(q_out, 5000);
+    got.sort();
+    let mut want: Vec<String> = (0..5000).map(|i| format!("tls-{i}")).collect();
+    want.sort();
+    assert_eq!(got, want);
+
+    // The source over TLS: messages published by the independent client reach the file.
+    publish(q_in, (0..5000).map(|i| format!("in-{i}")));
+    let before = front.handshakes();
+    s.write(
+        "source.yaml",
+        &format!("name: tls-source\nsource: {{ plugin: rabbitmq, config: {{ {conn}, queue: {q_in} }} }}\nsink: {{ plugin: file, config: {{ path: out.txt }} }}\n"),
+    );
+    let mut child = s.spawn(&["source.yaml", "--progress", "0s"]);
+    wait_for("every message in the file", Duration::from_secs(60), || {
+        s.lines("out.txt").len() >= 5000
+    });
+    signal(&child, libc::SIGTERM);
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "{}", stderr_of(&mut child));
+    assert!(
+        front.handshakes() > before,
+        "the source did not go through TLS"
+    );
+    let mut lines = s.lines("out.txt");
+    lines.sort();
+    lines.dedup();
+    assert_eq!(lines.len(), 5000);
+    assert_eq!(message_count(q_in), 0);
+
+    // Without the CA the broker's certificate is not trusted: a clear config error, at once,
+    // without the password.
+    s.write(
+        "untrusted.yaml",
+        &format!("name: untrusted\nsource: {{ plugin: generate, config: {{ count: 1 }} }}\nsink: {{ plugin: rabbitmq, config: {{ url: \"{url}\", username: guest, password: tls-secret-pw, routing_key: {q_out}, connect_timeout: 5s }} }}\n"),
+    );
+    let start = std::time::Instant::now();
+    let out = s.run(&["untrusted.yaml", "--progress", "0s"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(15), "{err}");
+    assert!(err.contains("tls.ca_file"), "{err}");
+    assert!(!err.contains("tls-secret-pw"), "password leaked: {err}");
+}

@@ -486,6 +486,7 @@ enum SourceEvent<'a> {
     Completed(u64),
     Permit(mpsc::Permit<'a, Batch>),
     GraceExpired,
+    IdleOver,
 }
 
 async fn reserve(tx: &Option<mpsc::Sender<Batch>>) -> Option<mpsc::Permit<'_, Batch>> {
@@ -525,6 +526,10 @@ async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
     let mut tracker = AckTracker::default();
     let mut next_id = 0u64;
     let mut drain_deadline: Option<tokio::time::Instant> = None;
+    // Set after a poll came back empty before `max_wait` while batches were in flight: the
+    // source has nothing until they are acknowledged (a broker's prefetch credit is used up),
+    // so the next poll waits for a completion or this instant instead of spinning.
+    let mut idle_until: Option<tokio::time::Instant> = None;
     let max_records = batch.max_records.min(u32::MAX as usize) as u32;
     let max_wait_ms = batch.max_wait.as_millis().min(u64::MAX as u128) as u64;
     let span = source.instance.span().clone();
@@ -549,7 +554,8 @@ async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
                 Some(id) = completions.recv() => SourceEvent::Completed(id),
                 _ = shutdown.cancelled(), if tx.is_some() => SourceEvent::Shutdown,
                 _ = sleep_until(drain_deadline) => SourceEvent::GraceExpired,
-                Some(permit) = reserve(&tx) => SourceEvent::Permit(permit),
+                _ = sleep_until(idle_until) => SourceEvent::IdleOver,
+                Some(permit) = reserve(&tx), if idle_until.is_none() => SourceEvent::Permit(permit),
             };
             match event {
                 SourceEvent::Stopped => break Ended::Done,
@@ -570,7 +576,9 @@ async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
                     shared.stop.cancel();
                     break Ended::Done;
                 }
+                SourceEvent::IdleOver => idle_until = None,
                 SourceEvent::Completed(id) => {
+                    idle_until = None;
                     acks.tracker.complete(id);
                     while let Ok(id) = completions.try_recv() {
                         acks.tracker.complete(id);
@@ -580,6 +588,7 @@ async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
                     }
                 }
                 SourceEvent::Permit(permit) => {
+                    let poll_started = tokio::time::Instant::now();
                     let polled = source
                         .policy
                         .call(&mut source.instance, 0, &shared.stop, move |s| {
@@ -616,6 +625,13 @@ async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
                     acks.tracker.register(id, out.positions.into_vec());
                     if out.records.is_empty() {
                         drop(permit);
+                        // More in flight than this empty batch: see `idle_until`.
+                        if polled_count == 0 && acks.tracker.in_flight() > 1 {
+                            let until = poll_started + batch.max_wait;
+                            if tokio::time::Instant::now() < until {
+                                idle_until = Some(until);
+                            }
+                        }
                         acks.tracker.complete(id);
                         if let Err(e) = acks.acknowledge(&mut source).instrument(span.clone()).await
                         {

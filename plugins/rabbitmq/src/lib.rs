@@ -17,7 +17,15 @@
 //!   of an earlier connection are ignored (their tags are void; the broker redelivers them).
 //!   Dedup key: the `message_id` property when producers set one.
 //!
-//! Passwords never appear in logs or errors: URLs are shown with the password replaced.
+//! Connection: `amqps://` with `tls.ca_file` for a private CA (system roots are always
+//! trusted) and optionally `tls.cert_file`/`key_file` for a client certificate; credentials in
+//! the URL or in `username`/`password`. Passwords never appear in logs or errors: URLs are
+//! shown with the password replaced, and error texts are scrubbed of it.
+//!
+//! Source batching: a poll waits up to `batch.max_wait` for the first delivery (only when
+//! nothing is awaiting acknowledgement), then fills the batch while deliveries keep coming. When
+//! `prefetch` deliveries are unacknowledged the broker sends nothing more, so the poll returns
+//! at once and the host polls again after its next completed batch (whose ack frees credit).
 
 mod connection;
 mod sink;

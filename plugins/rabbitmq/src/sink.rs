@@ -13,7 +13,7 @@ use orbit_plugin_api::{
 };
 use serde::Deserialize;
 
-use crate::connection::{classify, connect, redact, validate_url};
+use crate::connection::{validate_connection, Endpoint, Tls};
 
 mod base64_free {
     /// `stream/partition/hex(offset)`: a stable message id from a record's source position.
@@ -72,6 +72,14 @@ pub struct Config {
     content_type: Option<String>,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     connect_timeout: Duration,
+    /// User name and password, instead of in the URL (keeps the password out of the URL).
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    /// TLS for `amqps://` (system roots are always trusted).
+    #[serde(default)]
+    tls: Option<Tls>,
 }
 
 fn yes() -> bool {
@@ -86,6 +94,7 @@ fn default_connect_timeout() -> Duration {
 
 pub struct RabbitSink {
     config: Config,
+    endpoint: Endpoint,
     template: Template,
     connection: Option<(Connection, Channel)>,
 }
@@ -96,18 +105,20 @@ impl RabbitSink {
             if c.status().connected() && ch.status().connected() {
                 return Ok(ch.clone());
             }
-            tracing::warn!(url = %redact(&self.config.url), "connection lost; reconnecting");
+            tracing::warn!(url = %self.endpoint.shown(), "connection lost; reconnecting");
         }
         self.connection = None;
-        let url = &self.config.url;
-        let conn = connect(url, self.config.connect_timeout).await?;
+        let conn = self.endpoint.connect(self.config.connect_timeout).await?;
         let ch = conn
             .create_channel()
             .await
-            .map_err(|e| classify(&e, url, "cannot open a channel on"))?;
+            .map_err(|e| self.endpoint.classify(&e, "cannot open a channel on"))?;
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(|e| classify(&e, url, "cannot enable publisher confirms on"))?;
+            .map_err(|e| {
+                self.endpoint
+                    .classify(&e, "cannot enable publisher confirms on")
+            })?;
         if let Some(d) = &self.config.declare {
             let kind = match d.kind {
                 Kind::Direct => ExchangeKind::Direct,
@@ -125,9 +136,9 @@ impl RabbitSink {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| classify(&e, url, "cannot declare the exchange on"))?;
+            .map_err(|e| self.endpoint.classify(&e, "cannot declare the exchange on"))?;
         }
-        tracing::info!(url = %redact(url), "connected");
+        tracing::info!(url = %self.endpoint.shown(), "connected");
         self.connection = Some((conn, ch.clone()));
         Ok(ch)
     }
@@ -168,8 +179,8 @@ impl RabbitSink {
             ..BasicPublishOptions::default()
         };
         let exchange = ShortString::from(self.config.exchange.as_str());
-        let url = self.config.url.clone();
-        let lost = |e: lapin::Error| classify(&e, &url, "publishing to");
+        let endpoint = &self.endpoint;
+        let lost = |e: lapin::Error| endpoint.classify(&e, "publishing to");
         for (i, r) in batch.iter().enumerate() {
             let key = match self.template.render(r) {
                 Ok(k) => k,
@@ -225,7 +236,12 @@ impl Sink for RabbitSink {
     type Config = Config;
 
     fn validate(config: &Config) -> Result<(), ConfigError> {
-        validate_url(&config.url)?;
+        validate_connection(
+            &config.url,
+            config.username.as_deref(),
+            config.password.as_deref(),
+            config.tls.as_ref(),
+        )?;
         Template::parse("routing_key", &config.routing_key)?;
         if config.confirm_window == 0 {
             return Err(ConfigError::new("confirm_window", "must be at least 1"));
@@ -241,8 +257,15 @@ impl Sink for RabbitSink {
 
     fn open(config: Config, _ctx: SinkContext) -> Result<Self, PluginError> {
         let template = Template::parse("routing_key", &config.routing_key)?;
+        let endpoint = Endpoint::new(
+            &config.url,
+            config.username.as_deref(),
+            config.password.as_deref(),
+            config.tls.as_ref(),
+        )?;
         let mut sink = RabbitSink {
             config,
+            endpoint,
             template,
             connection: None,
         };

@@ -14,7 +14,7 @@ use orbit_plugin_api::{
 };
 use serde::Deserialize;
 
-use crate::connection::{classify, connect, redact, validate_url};
+use crate::connection::{validate_connection, Endpoint, Tls};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +46,14 @@ pub struct Config {
     prefetch: u16,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     connect_timeout: Duration,
+    /// User name and password, instead of in the URL (keeps the password out of the URL).
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    /// TLS for `amqps://` (system roots are always trusted).
+    #[serde(default)]
+    tls: Option<Tls>,
 }
 
 fn yes() -> bool {
@@ -64,10 +72,15 @@ struct Session {
     consumer: Consumer,
     /// Distinguishes delivery tags of this connection from those of an earlier one.
     generation: u32,
+    /// The highest delivery tag received and the highest acknowledged: the broker sends
+    /// nothing more while `received - acked` is `prefetch`.
+    received: u64,
+    acked: u64,
 }
 
 pub struct RabbitSource {
     config: Config,
+    endpoint: Endpoint,
     session: Option<Session>,
     generation: u32,
 }
@@ -97,6 +110,20 @@ fn header_bytes(v: &AMQPValue) -> Vec<u8> {
     }
 }
 
+/// How long the source sleeps between rounds of taking ready deliveries while it fills a batch.
+const FILL_TICK: Duration = Duration::from_millis(1);
+
+/// The consumer failed (`Some`) or the broker cancelled it (`None`).
+fn session_error(endpoint: &Endpoint, e: Option<lapin::Error>) -> PluginError {
+    match e {
+        Some(e) => endpoint.classify(&e, "consuming from"),
+        None => PluginError::retriable(format!(
+            "the broker cancelled the consumer on {}",
+            endpoint.shown()
+        )),
+    }
+}
+
 impl RabbitSource {
     async fn session(&mut self) -> Result<&mut Session, PluginError> {
         let alive = self
@@ -105,19 +132,18 @@ impl RabbitSource {
             .is_some_and(|s| s.connection.status().connected() && s.channel.status().connected());
         if !alive {
             if self.session.is_some() {
-                tracing::warn!(url = %redact(&self.config.url), "connection lost; reconnecting (unacked messages will be redelivered)");
+                tracing::warn!(url = %self.endpoint.shown(), "connection lost; reconnecting (unacked messages will be redelivered)");
             }
             self.session = None;
-            let url = &self.config.url;
-            let connection = connect(url, self.config.connect_timeout).await?;
+            let connection = self.endpoint.connect(self.config.connect_timeout).await?;
             let channel = connection
                 .create_channel()
                 .await
-                .map_err(|e| classify(&e, url, "cannot open a channel on"))?;
+                .map_err(|e| self.endpoint.classify(&e, "cannot open a channel on"))?;
             channel
                 .basic_qos(self.config.prefetch, BasicQosOptions::default())
                 .await
-                .map_err(|e| classify(&e, url, "cannot set prefetch on"))?;
+                .map_err(|e| self.endpoint.classify(&e, "cannot set prefetch on"))?;
             let queue = ShortString::from(self.config.queue.as_str());
             if let Some(d) = &self.config.declare {
                 channel
@@ -130,7 +156,7 @@ impl RabbitSource {
                         FieldTable::default(),
                     )
                     .await
-                    .map_err(|e| classify(&e, url, "cannot declare the queue on"))?;
+                    .map_err(|e| self.endpoint.classify(&e, "cannot declare the queue on"))?;
                 for b in &d.bindings {
                     channel
                         .queue_bind(
@@ -141,7 +167,7 @@ impl RabbitSource {
                             FieldTable::default(),
                         )
                         .await
-                        .map_err(|e| classify(&e, url, "cannot bind the queue on"))?;
+                        .map_err(|e| self.endpoint.classify(&e, "cannot bind the queue on"))?;
                 }
             }
             let consumer = channel
@@ -152,14 +178,16 @@ impl RabbitSource {
                     FieldTable::default(),
                 )
                 .await
-                .map_err(|e| classify(&e, url, "cannot consume from"))?;
+                .map_err(|e| self.endpoint.classify(&e, "cannot consume from"))?;
             self.generation += 1;
-            tracing::info!(url = %redact(url), queue = %self.config.queue, "consuming");
+            tracing::info!(url = %self.endpoint.shown(), queue = %self.config.queue, "consuming");
             self.session = Some(Session {
                 connection,
                 channel,
                 consumer,
                 generation: self.generation,
+                received: 0,
+                acked: 0,
             });
         }
         Ok(self.session.as_mut().expect("just made"))
@@ -193,35 +221,55 @@ impl RabbitSource {
 
     async fn fetch(&mut self, max: usize, max_wait: Duration) -> Result<SourceBatch, PluginError> {
         let deadline = Instant::now() + max_wait;
-        let url = self.config.url.clone();
+        let prefetch = u64::from(self.config.prefetch);
         let session = self.session().await?;
         let generation = session.generation;
         let mut deliveries = Vec::new();
-        while deliveries.len() < max {
-            // Wait for the first delivery up to max_wait; after that take only what is ready.
-            let wait = if deliveries.is_empty() {
+        // Wait up to max_wait for the first delivery, then fill the batch in rounds: take what
+        // is ready, sleep a tick, again, as long as each round brings more (deliveries still
+        // streaming in). Small batches cost a sink write (and an fsync) each, and a wake-up per
+        // message costs more than the message. Stop at `max`, at max_wait, when a round brings
+        // nothing (the broker paused: return promptly, the host may have acks to send), or when
+        // the prefetch credit is used up (nothing more comes before the host acknowledges).
+        let mut progressed = false;
+        let failed = loop {
+            // While earlier records await their acknowledgement, do not block waiting for the
+            // first delivery: the host waits instead, and wakes as soon as a batch completes
+            // to send its ack (which is what lets the broker send more).
+            let ready = if deliveries.is_empty() && session.received == session.acked {
                 deadline.saturating_duration_since(Instant::now())
             } else {
                 Duration::ZERO
             };
-            let next = match tokio::time::timeout(wait, session.consumer.next()).await {
-                Ok(n) => n,
-                Err(_) => break,
+            let next = match tokio::time::timeout(ready, session.consumer.next()).await {
+                Ok(Some(Ok(d))) => d,
+                Ok(Some(Err(e))) => break Some(session_error(&self.endpoint, Some(e))),
+                Ok(None) => break Some(session_error(&self.endpoint, None)),
+                Err(_) => {
+                    let now = Instant::now();
+                    if deliveries.is_empty()
+                        || !progressed
+                        || now >= deadline
+                        || session.received - session.acked >= prefetch
+                    {
+                        break None;
+                    }
+                    progressed = false;
+                    tokio::time::sleep(FILL_TICK.min(deadline - now)).await;
+                    continue;
+                }
             };
-            match next {
-                Some(Ok(d)) => deliveries.push(d),
-                Some(Err(e)) => {
-                    self.session = None;
-                    return Err(classify(&e, &url, "consuming from"));
-                }
-                None => {
-                    self.session = None;
-                    return Err(PluginError::retriable(format!(
-                        "the broker cancelled the consumer on {}",
-                        redact(&url)
-                    )));
-                }
+            session.received = session.received.max(next.delivery_tag);
+            deliveries.push(next);
+            progressed = true;
+            if deliveries.len() >= max {
+                break None;
             }
+        };
+        if let Some(e) = failed {
+            // Unacked deliveries of this connection come again from the broker.
+            self.session = None;
+            return Err(e);
         }
         let mut batch = SourceBatch::with_capacity(deliveries.len());
         for d in deliveries {
@@ -231,7 +279,7 @@ impl RabbitSource {
     }
 
     async fn acknowledge(&mut self, positions: &[Position]) -> Result<(), PluginError> {
-        let Some(session) = &self.session else {
+        let Some(session) = &mut self.session else {
             return Ok(()); // nothing from this connection is pending
         };
         for p in positions
@@ -248,7 +296,8 @@ impl RabbitSource {
                 .channel
                 .basic_ack(tag, BasicAckOptions { multiple: true })
                 .await
-                .map_err(|e| classify(&e, &self.config.url, "acking on"))?;
+                .map_err(|e| self.endpoint.classify(&e, "acking on"))?;
+            session.acked = session.acked.max(tag);
         }
         Ok(())
     }
@@ -258,7 +307,12 @@ impl Source for RabbitSource {
     type Config = Config;
 
     fn validate(config: &Config) -> Result<(), ConfigError> {
-        validate_url(&config.url)?;
+        validate_connection(
+            &config.url,
+            config.username.as_deref(),
+            config.password.as_deref(),
+            config.tls.as_ref(),
+        )?;
         if config.queue.is_empty() {
             return Err(ConfigError::new("queue", "must not be empty"));
         }
@@ -270,8 +324,15 @@ impl Source for RabbitSource {
 
     fn open(config: Config, _ctx: SourceContext) -> Result<Self, PluginError> {
         // Stored offsets mean nothing here: the broker keeps unacked messages and redelivers.
+        let endpoint = Endpoint::new(
+            &config.url,
+            config.username.as_deref(),
+            config.password.as_deref(),
+            config.tls.as_ref(),
+        )?;
         let mut source = RabbitSource {
             config,
+            endpoint,
             session: None,
             generation: 0,
         };
