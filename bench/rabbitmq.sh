@@ -26,7 +26,7 @@ template() { # a payload of $1 bytes
 for size in 1024 12; do
   payload=$(template "$size")
   base=() orbit=()
-  for i in $(seq 1 "$RUNS"); do
+  for i in $(seq 1 "$([ -n "${SOURCE_ONLY:-}" ] && echo 0 || echo "$RUNS")"); do
     $B purge $Q
     base+=("$($B publish $Q "$COUNT" "$size" 1024)")
     $B purge $Q
@@ -41,19 +41,19 @@ YAML
     orbit+=("$(ORBIT_LOG=info NO_COLOR=1 target/release/orbit-host --state-dir "$work/state" --progress 0s "$work/sink.yaml" 2>&1 \
       | sed -n 's/.*dead-lettered in .*s (\([0-9]*\) records\/s).*/\1/p')")
   done
-  b=$(printf '%s\n' "${base[@]}" | median); o=$(printf '%s\n' "${orbit[@]}" | median)
+  [ -z "${SOURCE_ONLY:-}" ] && b=$(printf '%s\n' "${base[@]}" | median) && o=$(printf '%s\n' "${orbit[@]}" | median) &&
   echo "sink   ${size}B: bare lapin $b msg/s (${base[*]}), orbit $o msg/s (${orbit[*]}), ratio $(echo "$o / $b" | bc -l | xargs printf '%.2f')x"
 
   base=() orbit=()
   for i in $(seq 1 "$RUNS"); do
     $B purge $Q
     $B publish $Q "$COUNT" "$size" 1024 > /dev/null
-    base+=("$($B consume $Q "$COUNT" "$work/base.txt" 2000 1000)")
+    base+=("$($B consume $Q "$COUNT" "$work/base.txt" "${PREFETCH:-2000}" 1000)")
     $B purge $Q
     $B publish $Q "$COUNT" "$size" 1024 > /dev/null
     cat > "$work/source.yaml" <<YAML
 name: bench-rabbit-source
-source: { plugin: rabbitmq, config: { url: "amqp://guest:guest@127.0.0.1:5672/%2f", queue: $Q, prefetch: 2000 } }
+source: { plugin: rabbitmq, config: { url: "amqp://guest:guest@127.0.0.1:5672/%2f", queue: $Q, prefetch: ${PREFETCH:-2000} } }
 sink: { plugin: file, config: { path: "$work/orbit.txt" } }
 batch: { max_records: ${BATCH:-1000}, max_wait: 20ms }
 YAML

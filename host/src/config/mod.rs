@@ -29,6 +29,8 @@ pub struct PipelineSpec {
     #[serde(default)]
     pub batch: BatchSpec,
     #[serde(default)]
+    pub offsets: OffsetsSpec,
+    #[serde(default)]
     pub errors: ErrorsSpec,
     /// Pipeline-wide defaults merged under each stage's own `policy:`.
     #[serde(default)]
@@ -84,6 +86,31 @@ impl Default for BatchSpec {
             max_records: Self::default_max_records(),
             max_wait: Self::default_max_wait(),
             buffer: Self::default_buffer(),
+        }
+    }
+}
+
+/// How acknowledged source positions reach the offset file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OffsetsSpec {
+    /// The offset file is written at most this often (and always when the pipeline stops);
+    /// `0s` writes after every acknowledgement. After a crash, up to this much of delivered
+    /// input is read again.
+    #[serde(default = "OffsetsSpec::default_flush_interval", with = "humantime_serde")]
+    pub flush_interval: Duration,
+}
+
+impl OffsetsSpec {
+    fn default_flush_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+}
+
+impl Default for OffsetsSpec {
+    fn default() -> Self {
+        OffsetsSpec {
+            flush_interval: Self::default_flush_interval(),
         }
     }
 }

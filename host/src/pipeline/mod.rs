@@ -357,7 +357,14 @@ impl Pipeline {
         let mut tasks = tokio::task::JoinSet::new();
         let (offsets_tx, offsets_rx) = watch::channel(offsets.clone());
         let persister =
-            tokio::spawn(persist_offsets(self.store.clone(), offsets_rx).in_current_span());
+            tokio::spawn(
+                persist_offsets(
+                    self.store.clone(),
+                    offsets_rx,
+                    self.spec.offsets.flush_interval,
+                )
+                .in_current_span(),
+            );
 
         let buffer = self.spec.batch.buffer;
         let (first_tx, mut rx) = mpsc::channel::<Batch>(buffer);
@@ -442,15 +449,26 @@ fn spawn_stage(
     );
 }
 
-/// Writes the latest acknowledged offsets whenever they change, coalescing updates that arrive
-/// while a write is in progress; writes the final value once the source task is done.
+/// Writes the latest acknowledged offsets when they change, at most once per `interval`
+/// (updates in between are coalesced: only the latest matters), and the final value at once
+/// when the source task is done. Each write is a small file fsynced and renamed into place, which
+/// costs more than a batch on a fast pipeline; the interval bounds what a crash re-reads.
 async fn persist_offsets(
     store: FileOffsetStore,
     mut rx: watch::Receiver<Offsets>,
+    interval: Duration,
 ) -> Result<(), OffsetStoreError> {
     let mut saved = rx.borrow().clone();
+    let mut next_save = tokio::time::Instant::now();
     loop {
-        let closed = rx.changed().await.is_err();
+        let mut closed = rx.changed().await.is_err();
+        // Let updates pile up until the interval is over, unless the source task ends.
+        while !closed && tokio::time::Instant::now() < next_save {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_save) => break,
+                changed = rx.changed() => closed = changed.is_err(),
+            }
+        }
         let latest = rx.borrow_and_update().clone();
         if latest != saved {
             let s = store.clone();
@@ -459,6 +477,7 @@ async fn persist_offsets(
                 .await
                 .expect("offset save")?;
             saved = latest;
+            next_save = tokio::time::Instant::now() + interval;
         }
         if closed {
             return Ok(());
