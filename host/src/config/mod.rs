@@ -97,7 +97,10 @@ pub struct OffsetsSpec {
     /// The offset file is written at most this often (and always when the pipeline stops);
     /// `0s` writes after every acknowledgement. After a crash, up to this much of delivered
     /// input is read again.
-    #[serde(default = "OffsetsSpec::default_flush_interval", with = "humantime_serde")]
+    #[serde(
+        default = "OffsetsSpec::default_flush_interval",
+        with = "humantime_serde"
+    )]
     pub flush_interval: Duration,
 }
 

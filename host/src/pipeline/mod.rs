@@ -356,15 +356,14 @@ impl Pipeline {
 
         let mut tasks = tokio::task::JoinSet::new();
         let (offsets_tx, offsets_rx) = watch::channel(offsets.clone());
-        let persister =
-            tokio::spawn(
-                persist_offsets(
-                    self.store.clone(),
-                    offsets_rx,
-                    self.spec.offsets.flush_interval,
-                )
-                .in_current_span(),
-            );
+        let persister = tokio::spawn(
+            persist_offsets(
+                self.store.clone(),
+                offsets_rx,
+                self.spec.offsets.flush_interval,
+            )
+            .in_current_span(),
+        );
 
         let buffer = self.spec.batch.buffer;
         let (first_tx, mut rx) = mpsc::channel::<Batch>(buffer);
