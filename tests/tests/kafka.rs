@@ -671,7 +671,31 @@ fn broker_replaced_mid_run_breaker_and_retries_ride_it_out() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let _fresh = Tansu::start_on(broker.port);
-    let status = wait_exit(&mut host, Duration::from_secs(120));
+    let up_since = Instant::now();
+    let status = loop {
+        if let Some(status) = host.try_wait().unwrap() {
+            break status;
+        }
+        if up_since.elapsed() > Duration::from_secs(120) {
+            let _ = host.kill();
+            let log = std::fs::read_to_string(s.path("host.log")).unwrap_or_default();
+            let tail: String = log
+                .lines()
+                .rev()
+                .take(60)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            panic!("the host did not finish within 120 s of the new broker; its log ends:\n{tail}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "finished {:?} after the new broker came up",
+        up_since.elapsed()
+    );
     let err = std::fs::read_to_string(s.path("host.log")).unwrap();
     assert!(status.success(), "{err}");
     assert!(err.contains("circuit breaker opened"), "{err}");
