@@ -404,6 +404,94 @@ errors:
 }
 
 #[derive(Default)]
+struct Limited {
+    delivered: Vec<u64>,
+    too_large: u64,
+}
+
+/// Refuses bodies over 2,000 bytes with 413, like a receiver with a body limit.
+async fn limited(State(state): State<Arc<Mutex<Limited>>>, body: Bytes) -> StatusCode {
+    let mut s = state.lock().unwrap();
+    if body.len() > 2000 {
+        s.too_large += 1;
+        return StatusCode::PAYLOAD_TOO_LARGE;
+    }
+    s.delivered.extend(ids_of(&body));
+    StatusCode::OK
+}
+
+#[test]
+fn a_413_shrinks_the_requests_and_only_a_record_too_large_alone_is_dead_lettered() {
+    let state = Arc::new(Mutex::new(Limited::default()));
+    let server = serve(
+        0,
+        Router::new()
+            .route("/hook", post(limited))
+            .with_state(state.clone()),
+    );
+    let s = Scratch::new();
+    // 500 records of about 100 bytes (100 per request would be 10 KB), and one of 3 KB.
+    let pad = "x".repeat(80);
+    let mut input = String::new();
+    for i in 0..500 {
+        let p = if i == 250 {
+            "y".repeat(3000)
+        } else {
+            pad.clone()
+        };
+        input.push_str(&format!("{{\"id\":{i},\"pad\":\"{p}\"}}\n"));
+    }
+    s.write("in.jsonl", &input);
+    s.write(
+        "p.yaml",
+        &format!(
+            r#"
+name: limited
+source: {{ plugin: file, config: {{ path: in.jsonl }} }}
+sink:
+  plugin: http
+  config: {{ url: "http://127.0.0.1:{port}/hook", body: json_array, max_batch_records: 100, concurrency: 2 }}
+  policy: {{ retry: {{ initial_backoff: 10ms, max_backoff: 50ms }}, circuit_breaker: {{ failure_threshold: 20 }} }}
+batch: {{ max_records: 500 }}
+errors:
+  tolerance: all
+  dead_letter: {{ plugin: file, config: {{ path: dlq.jsonl, format: envelope }} }}
+"#,
+            port = server.port
+        ),
+    );
+    let out = s.run(&["p.yaml", "--progress", "0s"]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let st = state.lock().unwrap();
+    assert!(st.too_large > 0, "the receiver never refused a request");
+    let mut delivered = st.delivered.clone();
+    delivered.sort();
+    // Every other record exactly once: a refused request delivered nothing, so its records
+    // are sent again without duplicates.
+    assert_eq!(
+        delivered,
+        (0..500).filter(|&i| i != 250).collect::<Vec<u64>>()
+    );
+    let dlq = s.lines("dlq.jsonl");
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    let v: serde_json::Value = serde_json::from_str(&dlq[0]).unwrap();
+    assert_eq!(ids_of(v["value"].as_str().unwrap().as_bytes()), vec![250]);
+    let e = v["headers"]["orbit.dlq.error"].as_str().unwrap();
+    assert!(
+        e.contains("HTTP 413") && e.contains("this record alone"),
+        "{e}"
+    );
+    assert!(err.contains("sending at most"), "{err}");
+    assert!(
+        err.contains("499 written") && err.contains("1 dead-lettered"),
+        "{err}"
+    );
+    drop(st);
+    server.stop();
+}
+
+#[derive(Default)]
 struct Steady {
     delivered: Vec<u64>,
 }

@@ -13,7 +13,9 @@
 //!   status and the first 512 bytes of the response body in the message; with
 //!   `errors.tolerance: all` they go to the dead-letter sink. A value that cannot be framed
 //!   (not JSON for `json_array`, a newline for `ndjson`) or a URL template that cannot be
-//!   filled is rejected the same way, before anything is sent.
+//!   filled is rejected the same way, before anything is sent. A 413 to a request of several
+//!   records is not a verdict on them: they are retried as retriable failures and from then on
+//!   requests carry at most half as many records (logged); a 413 for a single record rejects it.
 //! * **Duplicates**: a request whose answer was lost (timeout after the server processed it)
 //!   or whose records are retried after a partial failure may be delivered again. The window is
 //!   the records of the requests in flight when the failure happened (at most one batch).

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::stream::{self, StreamExt as _};
@@ -241,7 +242,9 @@ pub struct HttpSink {
     auth: Option<Auth>,
     signature: Option<Signature>,
     gzip: bool,
-    chunk: usize,
+    /// Most records per request: `max_batch_records`, halved each time the receiver answers
+    /// 413 to a request of several records (kept for the life of the instance).
+    chunk: AtomicUsize,
     concurrency: usize,
     retry_on: Vec<(u16, u16)>,
     stats: Stats,
@@ -410,7 +413,7 @@ impl Sink for HttpSink {
             auth: config.auth,
             signature: config.signature,
             gzip: config.gzip,
-            chunk: config.max_batch_records.unwrap_or(usize::MAX),
+            chunk: AtomicUsize::new(config.max_batch_records.unwrap_or(usize::MAX)),
             concurrency: config.concurrency,
             retry_on,
             stats: Stats::default(),
@@ -430,7 +433,9 @@ impl Sink for HttpSink {
         let this = &*self;
         let results: Vec<(Vec<usize>, Result<(), PluginError>)> = this.rt.block_on(
             stream::iter(requests.into_iter().map(|r| async move {
-                let result = this.send(&r.url, r.body, r.record_id.as_deref()).await;
+                let result = this
+                    .send(&r.url, r.body, r.indices.len(), r.record_id.as_deref())
+                    .await;
                 (r.indices, result)
             }))
             .buffer_unordered(self.concurrency)
@@ -550,7 +555,7 @@ impl HttpSink {
                     }
                 }
                 BodyMode::JsonArray | BodyMode::Ndjson => {
-                    for chunk in indices.chunks(self.chunk) {
+                    for chunk in indices.chunks(self.chunk.load(Ordering::Relaxed)) {
                         let size: usize = chunk.iter().map(|&i| batch[i].value().len() + 1).sum();
                         let mut body = Vec::with_capacity(size + 2);
                         if self.body == BodyMode::JsonArray {
@@ -599,6 +604,7 @@ impl HttpSink {
         &self,
         url: &reqwest::Url,
         body: Vec<u8>,
+        records: usize,
         record_id: Option<&str>,
     ) -> Result<(), PluginError> {
         let mut req = self
@@ -675,6 +681,21 @@ impl HttpSink {
         };
         let code = status.as_u16();
         let message = format!("{}: HTTP {status}{text}", what());
+        if code == 413 && records > 1 {
+            // Too large as a whole, not per record: send these again in smaller requests.
+            let smaller = records / 2;
+            if self.chunk.fetch_min(smaller, Ordering::Relaxed) > smaller {
+                tracing::warn!(
+                    records,
+                    max_batch_records = smaller,
+                    "the receiver refused a request of {records} records as too large (HTTP 413); \
+                     sending at most {smaller} per request from now on (set `max_batch_records`)"
+                );
+            }
+            return Err(PluginError::retriable(format!(
+                "{message}: {records} records were too large for one request; retried {smaller} per request"
+            )));
+        }
         if self
             .retry_on
             .iter()
@@ -694,6 +715,10 @@ impl HttpSink {
         } else if code == 401 || code == 403 {
             Err(PluginError::config(format!(
                 "{message}: the endpoint refused the credentials; check `auth` and `headers`"
+            )))
+        } else if code == 413 {
+            Err(PluginError::rejected(format!(
+                "{message}: this record alone is larger than the receiver accepts"
             )))
         } else {
             Err(PluginError::rejected(message))
