@@ -185,6 +185,12 @@ fn post_file(url: &str, file: &Path, headers: &[&str]) -> (u16, String) {
     )
 }
 
+/// The pipeline tail the sink tests share: rejected records to `dlq.jsonl` as envelopes.
+const DEAD_LETTERS_TO_FILE: &str = "errors:
+  tolerance: all
+  dead_letter: { plugin: file, config: { path: dlq.jsonl, format: envelope } }
+";
+
 fn text_of(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -365,10 +371,7 @@ sink:
   plugin: http
   config: {{ url: "http://127.0.0.1:{port}/one", method: PUT, body: per_record, concurrency: 8 }}
 batch: {{ max_records: 50 }}
-errors:
-  tolerance: all
-  dead_letter: {{ plugin: file, config: {{ path: dlq.jsonl, format: envelope }} }}
-"#,
+{DEAD_LETTERS_TO_FILE}"#,
             port = server.port
         ),
     );
@@ -453,10 +456,7 @@ sink:
   config: {{ url: "http://127.0.0.1:{port}/hook", body: json_array, max_batch_records: 100, concurrency: 2 }}
   policy: {{ retry: {{ initial_backoff: 10ms, max_backoff: 50ms }}, circuit_breaker: {{ failure_threshold: 20 }} }}
 batch: {{ max_records: 500 }}
-errors:
-  tolerance: all
-  dead_letter: {{ plugin: file, config: {{ path: dlq.jsonl, format: envelope }} }}
-"#,
+{DEAD_LETTERS_TO_FILE}"#,
             port = server.port
         ),
     );
