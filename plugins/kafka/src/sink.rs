@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use orbit_plugin_api::{
-    ConfigError, PluginError, Record, Sink, SinkContext, Template, WriteOutcome,
+    ConfigError, ErrorKind, PluginError, Record, Sink, SinkContext, Template, WriteOutcome,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
@@ -336,7 +336,7 @@ impl KafkaSink {
             .iter()
             .map(|r| self.topic.render(r).map_err(|e| format!("topic: {e}")))
             .collect();
-        if self.config.create_topic.is_some() && self.topic.as_static().is_none() {
+        if self.config.create_topic.is_some() {
             let distinct: HashSet<&String> = topics.iter().flatten().collect();
             for t in distinct {
                 self.ensure_topic(t)?;
@@ -421,6 +421,9 @@ impl KafkaSink {
             producer.poll(Duration::from_millis(1));
         }
         let mut reported = 0usize;
+        let mut delivery_failed = false;
+        let mut delivered = 0usize;
+        let mut retriable_failures = 0usize;
         {
             let mut results = producer.context().reports.results.lock().expect("lock");
             for (g, i, r) in results.drain(..) {
@@ -428,12 +431,25 @@ impl KafkaSink {
                     continue; // a report for an earlier, abandoned write
                 }
                 reported += 1;
+                if r.is_ok() {
+                    delivered += 1;
+                }
                 if let Err(e) = r {
                     let i = i as usize;
-                    outcome.fail(i, client::classify(&e, "delivery failed"));
+                    let error = client::classify(&e, "delivery failed");
+                    if error.kind() == ErrorKind::Retriable {
+                        retriable_failures += 1;
+                    }
+                    outcome.fail(i, error);
                     failed[i] = true;
+                    delivery_failed = true;
                 }
             }
+        }
+        if delivery_failed {
+            // Check the topics again on the next write (creating them if `create_topic` says
+            // so): the cluster may have been replaced and the topic lost with it.
+            self.known_topics.clear();
         }
         if let Some((code, reason)) = producer.client().fatal_error() {
             tracing::warn!(%code, reason, "fatal producer error; a new producer will be created");
@@ -454,6 +470,13 @@ impl KafkaSink {
                 sent - reported,
                 humantime::format_duration(self.delivery_timeout)
             )));
+        }
+        if retriable_failures > 0 && delivered == 0 {
+            // Nothing got through. Start the next write with a new producer: one that lived
+            // through an outage can hold state the cluster no longer matches (a broker replaced
+            // with empty storage: cached leader epochs, an idempotent producer id it does not
+            // know), and then times out every message however long the cluster is back.
+            self.producer = None;
         }
         Ok(outcome)
     }
