@@ -19,6 +19,23 @@ trap 'rm -rf "$work"' EXIT
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 rate() { echo "$COUNT / ($2 - $1)" | bc -l | xargs printf '%.0f'; }
 
+# Starts a command in the background and prints messages/s from its start until FILE holds
+# BYTES (both source runs are timed this way: process start-up and connecting included), then
+# stops it. Usage: timed_until_written FILE BYTES COMMAND...
+timed_until_written() {
+  local file=$1 want=$2
+  shift 2
+  local s e pid
+  s=$(date +%s.%N)
+  ${WRAP:-} "$@" > /dev/null &
+  pid=$!
+  while [ "$(stat -c %s "$file" 2>/dev/null || echo 0)" -lt "$want" ]; do sleep 0.01; done
+  e=$(date +%s.%N)
+  kill -TERM $pid 2>/dev/null || true
+  wait $pid || true
+  rate "$s" "$e"
+}
+
 template() { # a payload of $1 bytes
   head -c "$1" /dev/zero | tr '\0' 'x'
 }
@@ -48,7 +65,9 @@ YAML
   for i in $(seq 1 "$RUNS"); do
     $B purge $Q
     $B publish $Q "$COUNT" "$size" 1024 > /dev/null
-    base+=("$($B consume $Q "$COUNT" "$work/base.txt" "${PREFETCH:-2000}" 1000)")
+    rm -f "$work/base.txt"
+    base+=("$(timed_until_written "$work/base.txt" $((COUNT * (size + 1))) \
+      $B consume $Q "$COUNT" "$work/base.txt" "${PREFETCH:-2000}" 1000)")
     $B purge $Q
     $B publish $Q "$COUNT" "$size" 1024 > /dev/null
     cat > "$work/source.yaml" <<YAML
@@ -58,14 +77,8 @@ sink: { plugin: file, config: { path: "$work/orbit.txt" } }
 batch: { max_records: ${BATCH:-1000}, max_wait: 20ms }
 YAML
     rm -rf "$work/state" "$work/orbit.txt"
-    s=$(date +%s.%N)
-    ORBIT_LOG=warn target/release/orbit-host --state-dir "$work/state" --progress 0s "$work/source.yaml" &
-    pid=$!
-    want=$((COUNT * (size + 1)))
-    while [ "$(stat -c %s "$work/orbit.txt" 2>/dev/null || echo 0)" -lt "$want" ]; do sleep 0.01; done
-    e=$(date +%s.%N)
-    kill -TERM $pid; wait $pid
-    orbit+=("$(rate "$s" "$e")")
+    orbit+=("$(ORBIT_LOG=warn timed_until_written "$work/orbit.txt" $((COUNT * (size + 1))) \
+      target/release/orbit-host --state-dir "$work/state" --progress 0s "$work/source.yaml")")
   done
   b=$(printf '%s\n' "${base[@]}" | median); o=$(printf '%s\n' "${orbit[@]}" | median)
   echo "source ${size}B: bare lapin $b msg/s (${base[*]}), orbit $o msg/s (${orbit[*]}), ratio $(echo "$o / $b" | bc -l | xargs printf '%.2f')x"

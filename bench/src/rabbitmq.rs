@@ -18,8 +18,26 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
+fn main() {
+    // LAPIN_WORKERS=N runs lapin on a multi-thread runtime with N workers (the consumer
+    // loop on the main thread, as a plugin's calls are), to compare with the default
+    // current-thread runtime.
+    let rt = if let Ok(n) = std::env::var("LAPIN_WORKERS") {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.parse().expect("LAPIN_WORKERS is a number"))
+            .enable_all()
+            .build()
+            .unwrap()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    rt.block_on(amain());
+}
+
+async fn amain() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // The clock includes connecting, as Orbit's own figure does.
     let start = Instant::now();

@@ -28,6 +28,7 @@
 //! at once and the host polls again after its next completed batch (whose ack frees credit).
 
 mod connection;
+mod driver;
 mod sink;
 mod source;
 
