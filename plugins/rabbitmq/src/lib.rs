@@ -1,6 +1,7 @@
 //! The `rabbitmq` plugin library: a `rabbitmq` source (consume from a queue, ack after
-//! delivery) and a `rabbitmq` sink (publish with publisher confirms), on lapin, with the
-//! library's own tokio runtime.
+//! delivery) and a `rabbitmq` sink (publish with publisher confirms), on lapin. The sink runs on
+//! the library's shared tokio runtime; each source instance has its own current-thread runtime
+//! and one thread that drives it between host calls (`driver.rs`, docs/ARCHITECTURE.md).
 //!
 //! Delivery:
 //! * **Sink**: a batch succeeds only when the broker confirmed every message in it. A nack is a
