@@ -110,6 +110,12 @@ impl Scratch {
     pub fn lines(&self, name: &str) -> Vec<String> {
         read_lines(&self.path(name))
     }
+
+    /// The last `n` lines of the file `name`, for a failure message.
+    pub fn tail(&self, name: &str, n: usize) -> String {
+        let lines = self.lines(name);
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
 }
 
 pub fn read_lines(path: &Path) -> Vec<String> {

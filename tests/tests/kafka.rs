@@ -456,11 +456,11 @@ fn two_hosts_share_the_partitions_and_take_over_from_each_other() {
     let s = Scratch::new();
     s.write("a.yaml", &pipeline("a.jsonl"));
     s.write("b.yaml", &pipeline("b.jsonl"));
-    let mut a = s.spawn(&["a.yaml"]);
+    let mut a = s.spawn_logged(&["a.yaml"], "a.log");
     wait_for("host A to receive records", Duration::from_secs(60), || {
         !s.lines("a.jsonl").is_empty()
     });
-    let mut b_host = s.spawn(&["b.yaml"]);
+    let mut b_host = s.spawn_logged(&["b.yaml"], "b.log");
     wait_for("host B to receive records", Duration::from_secs(90), || {
         !s.lines("b.jsonl").is_empty()
     });
@@ -483,14 +483,19 @@ fn two_hosts_share_the_partitions_and_take_over_from_each_other() {
     // Kill A outright; its replacement resumes A's partitions from the committed offsets.
     signal(&a, libc::SIGKILL);
     wait_exit(&mut a, Duration::from_secs(10));
-    let mut a = s.spawn(&["a.yaml"]);
+    let mut a = s.spawn_logged(&["a.yaml"], "a2.log");
     let a_after_kill = s.lines("a.jsonl").len();
     wait_for("the restarted A to resume", Duration::from_secs(90), || {
         s.lines("a.jsonl").len() > a_after_kill + 100
     });
     // A leaves the group; B takes every partition and finishes the topic.
     signal(&a, libc::SIGTERM);
-    assert!(wait_exit(&mut a, Duration::from_secs(30)).success());
+    let status = wait_exit(&mut a, Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "the restarted A exited with {status} on SIGTERM; its log ends:\n{}",
+        s.tail("a2.log", 40)
+    );
     let all = || {
         let mut lines = s.lines("a.jsonl");
         lines.extend(s.lines("b.jsonl"));
