@@ -234,6 +234,57 @@ fn kafka_to_file(name: &str, brokers: &str, topic: &str, group: &str, extra: &st
     )
 }
 
+/// A topic template that renders to a name Kafka refuses dead-letters that record (instead of
+/// retrying it for ever) and the others reach their topics.
+#[test]
+fn a_template_rendering_an_invalid_topic_name_dead_letters_that_record() {
+    let _g = serial();
+    let broker = Tansu::start();
+    let s = Scratch::new();
+    let statuses = ["paid", "shipped", "not valid!", "paid", "shipped"];
+    let input: String = statuses
+        .iter()
+        .enumerate()
+        .map(|(n, st)| format!("{}\n", serde_json::json!({ "n": n, "status": st })))
+        .collect();
+    s.write("in.jsonl", &input);
+    s.write(
+        "p.yaml",
+        &format!(
+            "name: to-kafka\n\
+             source: {{ plugin: file, config: {{ path: in.jsonl }} }}\n\
+             sink:\n  plugin: kafka\n  config:\n    brokers: \"{}\"\n    topic: \"orders.{{status}}\"\n    \
+             create_topic: {{ partitions: 1 }}\n\
+             errors: {{ tolerance: all, dead_letter: {{ plugin: file, config: {{ path: dlq.jsonl, format: envelope }} }} }}\n",
+            broker.brokers()
+        ),
+    );
+    let out = s.run(&["p.yaml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let dlq = s.lines("dlq.jsonl");
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    let v: serde_json::Value = serde_json::from_str(&dlq[0]).unwrap();
+    assert_eq!(v["headers"]["orbit.dlq.plugin"], "kafka", "{v}");
+    assert_eq!(v["headers"]["orbit.dlq.error_kind"], "rejected", "{v}");
+    let error = v["headers"]["orbit.dlq.error"].as_str().unwrap();
+    assert!(
+        error.contains("`orders.not valid!`, not a valid Kafka topic name"),
+        "{error}"
+    );
+    for (topic, want) in [("orders.paid", [0u64, 3]), ("orders.shipped", [1, 4])] {
+        let mut got: Vec<u64> = consume(&broker.brokers(), topic, 2, Duration::from_secs(30))
+            .into_iter()
+            .map(|(_, m)| {
+                serde_json::from_str::<serde_json::Value>(&m.value).unwrap()["n"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        got.sort();
+        assert_eq!(got, want, "{topic}");
+    }
+}
+
 #[test]
 fn file_to_kafka_publishes_200k_with_keys_and_headers() {
     let _g = serial();

@@ -298,6 +298,26 @@ impl KafkaSink {
             match r {
                 Ok(_) => tracing::info!(topic, partitions = create.partitions, "created topic"),
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) if client::is_auth(code) => {
+                    return Err(PluginError::config(format!(
+                        "cannot create topic `{topic}`: {code}; grant the CREATE permission or \
+                         create the topic yourself and remove `create_topic`"
+                    )))
+                }
+                Err((
+                    _,
+                    code @ (RDKafkaErrorCode::PolicyViolation
+                    | RDKafkaErrorCode::InvalidPartitions
+                    | RDKafkaErrorCode::InvalidReplicationFactor
+                    | RDKafkaErrorCode::InvalidTopic
+                    | RDKafkaErrorCode::InvalidConfig),
+                )) => {
+                    return Err(PluginError::config(format!(
+                        "cannot create topic `{topic}`: the cluster refused it ({code}); fix \
+                         `create_topic` (partitions, replication_factor) or create the topic \
+                         yourself"
+                    )))
+                }
                 Err((_, code)) => {
                     return Err(PluginError::retriable(format!(
                         "cannot create topic `{topic}`: {code}"
@@ -334,7 +354,16 @@ impl KafkaSink {
         // Topics from a template, resolved per record; created first when asked to.
         let topics: Vec<Result<String, String>> = batch
             .iter()
-            .map(|r| self.topic.render(r).map_err(|e| format!("topic: {e}")))
+            .map(|r| {
+                let t = self.topic.render(r).map_err(|e| format!("topic: {e}"))?;
+                match topic_name_problem(&t) {
+                    // Rejected here: the broker would refuse it for ever (retried in vain).
+                    Some(problem) => Err(format!(
+                        "the topic template gave `{t}`, not a valid Kafka topic name: it {problem}"
+                    )),
+                    None => Ok(t),
+                }
+            })
             .collect();
         if self.config.create_topic.is_some() {
             let distinct: HashSet<&String> = topics.iter().flatten().collect();
@@ -510,14 +539,42 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
     }
 }
 
+/// What is wrong with `name` as a Kafka topic name (Kafka's own rule: 1 to 249 characters of
+/// ASCII letters, digits, `.`, `_` and `-`, and neither `.` nor `..`), if anything.
+fn topic_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("is empty")
+    } else if name == "." || name == ".." {
+        Some("cannot be `.` or `..`")
+    } else if name.len() > 249 {
+        Some("is longer than 249 characters")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        Some("may only hold ASCII letters, digits, `.`, `_` and `-`")
+    } else {
+        None
+    }
+}
+
 impl Sink for KafkaSink {
     type Config = Config;
 
     fn validate(config: &Config) -> Result<(), ConfigError> {
         config.connection().validate()?;
-        Template::parse("topic", &config.topic)?;
+        let topic = Template::parse("topic", &config.topic)?;
         if config.topic.trim().is_empty() {
             return Err(ConfigError::new("topic", "name the topic to write to"));
+        }
+        if let Some(problem) = topic.as_static().and_then(topic_name_problem) {
+            return Err(ConfigError::new(
+                "topic",
+                format!(
+                    "`{}` is not a valid Kafka topic name: it {problem}",
+                    config.topic
+                ),
+            ));
         }
         if !PARTITIONERS.contains(&config.partitioner.as_str()) {
             return Err(ConfigError::new(
@@ -581,5 +638,45 @@ impl Sink for KafkaSink {
             let _ = p.flush(Duration::from_secs(5));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(topic: &str) -> Config {
+        serde_json::from_value(serde_json::json!({ "brokers": "127.0.0.1:9092", "topic": topic }))
+            .expect("a valid config")
+    }
+
+    #[test]
+    fn topic_names_follow_kafkas_rule() {
+        for good in ["orders", "orders.eu-1", "_internal", "a", &"x".repeat(249)] {
+            assert_eq!(topic_name_problem(good), None, "{good}");
+        }
+        assert_eq!(topic_name_problem(""), Some("is empty"));
+        assert!(topic_name_problem("..").unwrap().contains("`..`"));
+        assert!(topic_name_problem(&"x".repeat(250))
+            .unwrap()
+            .contains("249"));
+        for bad in ["orders eu", "orders/eu", "ordres!", "café"] {
+            assert!(
+                topic_name_problem(bad).unwrap().contains("ASCII letters"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_fixed_invalid_topic_is_a_config_error_and_a_template_is_checked_per_record() {
+        let e = KafkaSink::validate(&config("my topic")).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("topic") && text.contains("`my topic` is not a valid Kafka topic name"),
+            "{text}"
+        );
+        // A template cannot be checked before it is rendered: validate accepts it.
+        KafkaSink::validate(&config("orders.{status}")).unwrap();
     }
 }
