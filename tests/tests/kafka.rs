@@ -734,17 +734,10 @@ fn broker_replaced_mid_run_breaker_and_retries_ride_it_out() {
         }
         if up_since.elapsed() > Duration::from_secs(120) {
             let _ = host.kill();
-            let log = std::fs::read_to_string(s.path("host.log")).unwrap_or_default();
-            let tail: String = log
-                .lines()
-                .rev()
-                .take(60)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join("\n");
-            panic!("the host did not finish within 120 s of the new broker; its log ends:\n{tail}");
+            panic!(
+                "the host did not finish within 120 s of the new broker; its log ends:\n{}",
+                s.tail("host.log", 60)
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     };

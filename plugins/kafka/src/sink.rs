@@ -356,6 +356,9 @@ impl KafkaSink {
             .iter()
             .map(|r| {
                 let t = self.topic.render(r).map_err(|e| format!("topic: {e}"))?;
+                if self.topic.as_static().is_some() {
+                    return Ok(t); // checked once, at validate
+                }
                 match topic_name_problem(&t) {
                     // Rejected here: the broker would refuse it for ever (retried in vain).
                     Some(problem) => Err(format!(
@@ -366,9 +369,14 @@ impl KafkaSink {
             })
             .collect();
         if self.config.create_topic.is_some() {
-            let distinct: HashSet<&String> = topics.iter().flatten().collect();
-            for t in distinct {
-                self.ensure_topic(t)?;
+            if let Some(t) = self.topic.as_static() {
+                let t = t.to_string();
+                self.ensure_topic(&t)?;
+            } else {
+                let distinct: HashSet<&String> = topics.iter().flatten().collect();
+                for t in distinct {
+                    self.ensure_topic(t)?;
+                }
             }
         }
         let producer = self.producer.as_ref().expect("created above");
@@ -450,7 +458,6 @@ impl KafkaSink {
             producer.poll(Duration::from_millis(1));
         }
         let mut reported = 0usize;
-        let mut delivery_failed = false;
         let mut delivered = 0usize;
         let mut retriable_failures = 0usize;
         {
@@ -460,22 +467,21 @@ impl KafkaSink {
                     continue; // a report for an earlier, abandoned write
                 }
                 reported += 1;
-                if r.is_ok() {
-                    delivered += 1;
-                }
-                if let Err(e) = r {
-                    let i = i as usize;
-                    let error = client::classify(&e, "delivery failed");
-                    if error.kind() == ErrorKind::Retriable {
-                        retriable_failures += 1;
+                match r {
+                    Ok(()) => delivered += 1,
+                    Err(e) => {
+                        let i = i as usize;
+                        let error = client::classify(&e, "delivery failed");
+                        if error.kind() == ErrorKind::Retriable {
+                            retriable_failures += 1;
+                        }
+                        outcome.fail(i, error);
+                        failed[i] = true;
                     }
-                    outcome.fail(i, error);
-                    failed[i] = true;
-                    delivery_failed = true;
                 }
             }
         }
-        if delivery_failed {
+        if delivered < reported {
             // Check the topics again on the next write (creating them if `create_topic` says
             // so): the cluster may have been replaced and the topic lost with it.
             self.known_topics.clear();
