@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # RabbitMQ throughput through Orbit beside bare lapin, in the same run, against the broker on
 # 127.0.0.1:5672 (guest/guest):
-#  * sink:   generate → rabbitmq sink (confirms, window 1024)  vs  a lapin publisher, same window
+#  * sink:   generate → rabbitmq sink (confirms, window 1024)  vs  a lapin publisher, same window,
+#            awaiting each publish (the usual loop), and the same publisher pipelined (each
+#            publish polled once and its socket write awaited later, as Orbit's sink does)
 #  * source: rabbitmq source → file sink (fsync per batch)     vs  a lapin consumer writing and
 #            fsyncing the same batches, then acking them (multiple)
 # for 1 KB and 12-byte messages. Prints messages/s and the ratio (median of RUNS runs).
@@ -42,10 +44,12 @@ template() { # a payload of $1 bytes
 
 for size in 1024 12; do
   payload=$(template "$size")
-  base=() orbit=()
+  base=() piped=() orbit=()
   for i in $(seq 1 "$([ -n "${SOURCE_ONLY:-}" ] && echo 0 || echo "$RUNS")"); do
     $B purge $Q
     base+=("$($B publish $Q "$COUNT" "$size" 1024)")
+    $B purge $Q
+    piped+=("$($B publish $Q "$COUNT" "$size" 1024 pipelined)")
     $B purge $Q
     cat > "$work/sink.yaml" <<YAML
 name: bench-rabbit-sink
@@ -58,8 +62,11 @@ YAML
     orbit+=("$(ORBIT_LOG=info NO_COLOR=1 target/release/orbit-host --state-dir "$work/state" --progress 0s "$work/sink.yaml" 2>&1 \
       | sed -n 's/.*dead-lettered in .*s (\([0-9]*\) records\/s).*/\1/p')")
   done
-  [ -z "${SOURCE_ONLY:-}" ] && b=$(printf '%s\n' "${base[@]}" | median) && o=$(printf '%s\n' "${orbit[@]}" | median) &&
-  echo "sink   ${size}B: bare lapin $b msg/s (${base[*]}), orbit $o msg/s (${orbit[*]}), ratio $(echo "$o / $b" | bc -l | xargs printf '%.2f')x"
+  if [ -z "${SOURCE_ONLY:-}" ]; then
+    b=$(printf '%s\n' "${base[@]}" | median); p=$(printf '%s\n' "${piped[@]}" | median)
+    o=$(printf '%s\n' "${orbit[@]}" | median)
+    echo "sink   ${size}B: bare lapin $b msg/s (${base[*]}), pipelined $p msg/s (${piped[*]}), orbit $o msg/s (${orbit[*]}), ratio $(echo "$o / $b" | bc -l | xargs printf '%.2f')x (to pipelined $(echo "$o / $p" | bc -l | xargs printf '%.2f')x)"
+  fi
 
   base=() orbit=()
   for i in $(seq 1 "$RUNS"); do

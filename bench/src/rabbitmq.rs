@@ -2,7 +2,7 @@
 //! pipelines do, with the same settings.
 //!
 //!   baseline-rabbitmq purge QUEUE
-//!   baseline-rabbitmq publish QUEUE COUNT SIZE WINDOW    # persistent, mandatory, confirms
+//!   baseline-rabbitmq publish QUEUE COUNT SIZE WINDOW [pipelined]  # persistent, mandatory, confirms
 //!   baseline-rabbitmq consume QUEUE COUNT FILE PREFETCH BATCH  # file + fsync, then ack multiple
 //!
 //! Prints messages per second, connecting included (as in Orbit's own figure).
@@ -67,28 +67,36 @@ async fn amain() {
                 .await
                 .unwrap();
             let payload = vec![b'x'; size];
+            // `pipelined`: poll each publish once (lapin queues its frames and takes its
+            // delivery tag then) and await the socket writes later, as Orbit's sink does;
+            // otherwise the usual loop that awaits each publish before the next.
+            let pipelined = args.get(5).map(String::as_str) == Some("pipelined");
             let mut pending = VecDeque::new();
             for _ in 0..count {
-                let c = ch
-                    .basic_publish(
-                        "".into(),
-                        queue.into(),
-                        BasicPublishOptions {
-                            mandatory: true,
-                            ..Default::default()
-                        },
-                        &payload,
-                        BasicProperties::default().with_delivery_mode(2),
-                    )
-                    .await
-                    .unwrap();
-                pending.push_back(c);
+                let mut publish = Box::pin(ch.basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &payload,
+                    BasicProperties::default().with_delivery_mode(2),
+                ));
+                if pipelined {
+                    match futures_lite::future::poll_once(&mut publish).await {
+                        Some(written) => pending.push_back(InFlight::Written(written.unwrap())),
+                        None => pending.push_back(InFlight::Writing(publish)),
+                    }
+                } else {
+                    pending.push_back(InFlight::Written(publish.await.unwrap()));
+                }
                 if pending.len() >= window {
-                    pending.pop_front().unwrap().await.unwrap();
+                    confirmed(pending.pop_front().unwrap()).await;
                 }
             }
             for c in pending {
-                c.await.unwrap();
+                confirmed(c).await;
             }
             println!("{:.0}", count as f64 / start.elapsed().as_secs_f64());
         }
@@ -143,4 +151,22 @@ async fn amain() {
         other => panic!("unknown mode {other}"),
     }
     let _ = conn.close(200, "done".into()).await;
+}
+
+/// A publish whose frames are still being written, or written and awaiting its confirm.
+enum InFlight<F, C> {
+    Writing(std::pin::Pin<Box<F>>),
+    Written(C),
+}
+
+async fn confirmed<F, C>(publish: InFlight<F, C>)
+where
+    F: std::future::Future<Output = lapin::Result<C>>,
+    C: std::future::Future<Output = lapin::Result<lapin::Confirmation>>,
+{
+    let confirm = match publish {
+        InFlight::Writing(writing) => writing.await.unwrap(),
+        InFlight::Written(written) => written,
+    };
+    confirm.await.unwrap();
 }

@@ -1,9 +1,12 @@
 //! `rabbitmq` sink: publish each batch with publisher confirms.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use base64_free::encode_offset;
+use futures_lite::future;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
@@ -173,7 +176,6 @@ impl RabbitSink {
     async fn publish(&mut self, batch: &[Record]) -> Result<WriteOutcome, PluginError> {
         let ch = self.channel().await?;
         let mut outcome = WriteOutcome::ok();
-        let mut pending: VecDeque<(usize, PublisherConfirm)> = VecDeque::new();
         let options = BasicPublishOptions {
             mandatory: self.config.mandatory,
             ..BasicPublishOptions::default()
@@ -181,6 +183,12 @@ impl RabbitSink {
         let exchange = ShortString::from(self.config.exchange.as_str());
         let endpoint = &self.endpoint;
         let lost = |e: lapin::Error| endpoint.classify(&e, "publishing to");
+        // Messages published and not yet confirmed, oldest first. lapin queues a message's
+        // frames (and takes its delivery tag) on the first poll of `basic_publish`, then waits
+        // until its I/O thread has written them; polling each publish once, in order, and
+        // awaiting the writes later keeps the batch's order while the I/O thread writes many
+        // queued messages per system call instead of one.
+        let mut in_flight: VecDeque<(usize, InFlight<_>)> = VecDeque::new();
         for (i, r) in batch.iter().enumerate() {
             let key = match self.template.render(r) {
                 Ok(k) => k,
@@ -189,26 +197,42 @@ impl RabbitSink {
                     continue;
                 }
             };
-            let confirm = ch
-                .basic_publish(
-                    exchange.clone(),
-                    ShortString::from(key),
-                    options,
-                    r.value(),
-                    self.properties(r),
-                )
-                .await
-                .map_err(lost)?;
-            pending.push_back((i, confirm));
-            if pending.len() >= self.config.confirm_window {
-                let (i, c) = pending.pop_front().expect("non-empty");
-                settle(i, c.await.map_err(lost)?, &mut outcome);
+            let mut sending = Box::pin(ch.basic_publish(
+                exchange.clone(),
+                ShortString::from(key),
+                options,
+                r.value(),
+                self.properties(r),
+            ));
+            let state = match future::poll_once(&mut sending).await {
+                Some(written) => InFlight::Written(written.map_err(lost)?),
+                None => InFlight::Writing(sending),
+            };
+            in_flight.push_back((i, state));
+            if in_flight.len() >= self.config.confirm_window {
+                let (i, state) = in_flight.pop_front().expect("non-empty");
+                settle(i, state.confirmed().await.map_err(lost)?, &mut outcome);
             }
         }
-        while let Some((i, c)) = pending.pop_front() {
-            settle(i, c.await.map_err(lost)?, &mut outcome);
+        while let Some((i, state)) = in_flight.pop_front() {
+            settle(i, state.confirmed().await.map_err(lost)?, &mut outcome);
         }
         Ok(outcome)
+    }
+}
+
+/// One published message: its frames being written, or written and awaiting the confirm.
+enum InFlight<F> {
+    Writing(Pin<Box<F>>),
+    Written(PublisherConfirm),
+}
+
+impl<F: Future<Output = lapin::Result<PublisherConfirm>>> InFlight<F> {
+    async fn confirmed(self) -> lapin::Result<Confirmation> {
+        match self {
+            InFlight::Writing(sending) => sending.await?.await,
+            InFlight::Written(confirm) => confirm.await,
+        }
     }
 }
 
