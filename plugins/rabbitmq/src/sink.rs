@@ -21,9 +21,10 @@ use crate::connection::{validate_connection, Endpoint, Tls};
 mod base64_free {
     /// `stream/partition/hex(offset)`: a stable message id from a record's source position.
     pub fn encode_offset(stream: &str, partition: i32, offset: &[u8]) -> String {
+        use std::fmt::Write as _;
         let mut s = format!("{stream}/{partition}/");
         for b in offset {
-            s.push_str(&format!("{b:02x}"));
+            let _ = write!(s, "{b:02x}");
         }
         s
     }
@@ -313,5 +314,19 @@ impl Sink for RabbitSink {
                 orbit_plugin_api::runtime().block_on(conn.close(200, "orbit sink closing".into()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::encode_offset;
+
+    #[test]
+    fn the_message_id_from_a_position_is_stream_partition_and_hex_offset() {
+        assert_eq!(
+            encode_offset("orders", 3, &[0x00, 0x1f, 0xab]),
+            "orders/3/001fab"
+        );
+        assert_eq!(encode_offset("s", -1, &[]), "s/-1/");
     }
 }
