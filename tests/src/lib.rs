@@ -3,8 +3,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+/// How long [`Scratch::run`] lets a host run before it fails the test: generous for a debug
+/// build moving 100,000 records through a broker, short of hanging CI.
+pub const RUN_DEADLINE: Duration = Duration::from_secs(300);
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -84,8 +89,39 @@ impl Scratch {
         c
     }
 
+    /// Runs the host to its exit and returns what it printed. A run that has not exited after
+    /// [`RUN_DEADLINE`] is killed and the test fails with its log's tail (a regression that
+    /// retries for ever fails instead of hanging the suite).
     pub fn run(&self, args: &[&str]) -> Output {
-        self.host(args).output().expect("orbit-host runs")
+        self.run_within(args, RUN_DEADLINE)
+    }
+
+    /// [`Scratch::run`] with its own deadline. Output goes to files, not pipes, so a chatty run
+    /// never blocks on a full pipe.
+    pub fn run_within(&self, args: &[&str], deadline: Duration) -> Output {
+        static RUNS: AtomicUsize = AtomicUsize::new(0);
+        let n = RUNS.fetch_add(1, Ordering::Relaxed);
+        let (out, err) = (format!(".run-{n}.out"), format!(".run-{n}.err"));
+        let mut child = self
+            .host(args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(self.path(&out)).expect("stdout file"))
+            .stderr(std::fs::File::create(self.path(&err)).expect("stderr file"))
+            .spawn()
+            .expect("orbit-host starts");
+        let Some(status) = exit_within(&mut child, deadline) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "orbit-host {args:?} did not exit within {deadline:?}; its log ends with:\n{}",
+                self.tail(&err, 40)
+            );
+        };
+        Output {
+            status,
+            stdout: std::fs::read(self.path(&out)).expect("stdout file"),
+            stderr: std::fs::read(self.path(&err)).expect("stderr file"),
+        }
     }
 
     pub fn spawn(&self, args: &[&str]) -> Child {
@@ -136,14 +172,21 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 
 /// Waits for a child to exit, with a deadline; kills it and panics on timeout.
 pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    exit_within(child, timeout).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("orbit-host did not exit within {timeout:?}");
+    })
+}
+
+/// The child's exit status, checking every 10 ms; `None` if it is still running after `timeout`.
+fn exit_within(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(s) = child.try_wait().expect("try_wait") {
-            return s;
+            return Some(s);
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("orbit-host did not exit within {timeout:?}");
+            return None;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -273,5 +316,34 @@ impl Drop for Tansu {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_past_its_deadline_is_killed_and_fails_with_the_log_tail() {
+        let s = Scratch::new();
+        s.write(
+            "p.yaml",
+            "name: endless\nsource: { plugin: generate, config: { template: x, rate: 100 } }\nsink: { plugin: blackhole }\n",
+        );
+        host_binary(); // built before the clock starts
+        let started = Instant::now();
+        let failed = std::panic::catch_unwind(|| {
+            s.run_within(&["p.yaml", "--progress", "1s"], Duration::from_secs(3))
+        })
+        .expect_err("an endless pipeline outlives its deadline");
+        let message = failed
+            .downcast_ref::<String>()
+            .expect("a formatted panic message");
+        assert!(message.contains("did not exit within 3s"), "{message}");
+        assert!(
+            message.contains("pipeline=endless}: progress:"),
+            "the log's tail is shown: {message}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(60));
     }
 }
