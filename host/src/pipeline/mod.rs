@@ -71,11 +71,19 @@ pub enum PipelineError {
         plugin: String,
         error: PluginError,
     },
-    #[error("pipeline `{pipeline}`: {source}")]
+    #[error(
+        "pipeline `{pipeline}`: {source}; stopped so that nothing runs unsaved (what was \
+         acknowledged since the last save is read again after the cause is fixed)"
+    )]
     Offsets {
         pipeline: String,
         source: OffsetStoreError,
     },
+    #[error(
+        "pipeline `{pipeline}`: internal error in the host: {detail}; please report it \
+         (nothing unacknowledged is lost: it is read again on restart)"
+    )]
+    Internal { pipeline: String, detail: String },
 }
 
 /// A batch on its way through the stages; `id` keys it in the ack tracker.
@@ -361,6 +369,7 @@ impl Pipeline {
                 self.store.clone(),
                 offsets_rx,
                 self.spec.offsets.flush_interval,
+                shared.clone(),
             )
             .in_current_span(),
         );
@@ -413,12 +422,7 @@ impl Pipeline {
         if let Some(p) = progress {
             p.abort();
         }
-        if let Err(e) = persister.await.expect("offset persister") {
-            shared.fail(PipelineError::Offsets {
-                pipeline: name.clone(),
-                source: e,
-            });
-        }
+        persister.await.expect("offset persister");
         for (id, m) in &metrics {
             stats::log_policy_events(id, m);
         }
@@ -452,7 +456,23 @@ fn spawn_stage(
 /// (updates in between are coalesced: only the latest matters), and the final value at once
 /// when the source task is done. Each write is a small file fsynced and renamed into place, which
 /// costs more than a batch on a fast pipeline; the interval bounds what a crash re-reads.
+/// A failed save fails the pipeline at once: running on with nothing saved would make a crash
+/// re-read everything since, and hide the cause until the end.
 async fn persist_offsets(
+    store: FileOffsetStore,
+    rx: watch::Receiver<Offsets>,
+    interval: Duration,
+    shared: Arc<Shared>,
+) {
+    if let Err(source) = persist_offsets_until_closed(store, rx, interval).await {
+        shared.fail(PipelineError::Offsets {
+            pipeline: shared.pipeline.clone(),
+            source,
+        });
+    }
+}
+
+async fn persist_offsets_until_closed(
     store: FileOffsetStore,
     mut rx: watch::Receiver<Offsets>,
     interval: Duration,
@@ -542,7 +562,6 @@ async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
     } = task;
     let mut tx = Some(tx);
     let mut tracker = AckTracker::default();
-    let mut next_id = 0u64;
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     // Set after a poll came back empty before `max_wait` while batches were in flight: the
     // source has nothing until they are acknowledged (a broker's prefetch credit is used up),
@@ -597,9 +616,8 @@ async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
                 SourceEvent::IdleOver => idle_until = None,
                 SourceEvent::Completed(id) => {
                     idle_until = None;
-                    acks.tracker.complete(id);
-                    while let Ok(id) = completions.try_recv() {
-                        acks.tracker.complete(id);
+                    if let Err(e) = acks.complete(id, &mut completions) {
+                        break Ended::Failed(e);
                     }
                     if let Err(e) = acks.acknowledge(&mut source).instrument(span.clone()).await {
                         break e.map_or(Ended::Done, Ended::Failed);
@@ -638,9 +656,10 @@ async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
                     {
                         break Ended::Done;
                     }
-                    let id = next_id;
-                    next_id += 1;
-                    acks.tracker.register(id, out.positions.into_vec());
+                    // The instance that made the poll: its batch is acknowledged only to it.
+                    let id = acks
+                        .tracker
+                        .register(source.instance.generation(), out.positions.into_vec());
                     if out.records.is_empty() {
                         drop(permit);
                         // More in flight than this empty batch: see `idle_until`.
@@ -650,7 +669,9 @@ async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
                                 idle_until = Some(until);
                             }
                         }
-                        acks.tracker.complete(id);
+                        if let Err(e) = acks.complete(id, &mut completions) {
+                            break Ended::Failed(e);
+                        }
                         if let Err(e) = acks.acknowledge(&mut source).instrument(span.clone()).await
                         {
                             break e.map_or(Ended::Done, Ended::Failed);
@@ -690,27 +711,49 @@ struct Acknowledger<'a> {
 }
 
 impl Acknowledger<'_> {
+    /// Marks batch `id` finished, and every other completion already waiting.
+    fn complete(
+        &mut self,
+        id: u64,
+        completions: &mut mpsc::UnboundedReceiver<u64>,
+    ) -> Result<(), PipelineError> {
+        let internal = |e: acks::AckError| PipelineError::Internal {
+            pipeline: self.shared.pipeline.clone(),
+            detail: e.to_string(),
+        };
+        self.tracker.complete(id).map_err(internal)?;
+        while let Ok(id) = completions.try_recv() {
+            self.tracker.complete(id).map_err(internal)?;
+        }
+        Ok(())
+    }
+
     /// `Err(None)` when the pipeline is stopping.
     async fn acknowledge(
         &mut self,
         source: &mut Stage<SourceBox>,
     ) -> Result<(), Option<PipelineError>> {
-        let ready = self.tracker.take_ready();
-        if ready.is_empty() {
+        let current = source.instance.generation();
+        let released = self.tracker.take_ready(current);
+        if released.is_empty() {
             return Ok(());
         }
-        for p in &ready {
+        for p in &released.store {
             self.offsets
                 .insert((p.stream.to_string(), p.partition), p.offset.to_vec());
         }
-        let positions: Arc<RVec<_>> = Arc::new(ready.into());
-        source
-            .policy
-            .call(&mut source.instance, 0, &self.shared.stop, move |s| {
-                s.ack(positions.as_rslice()).into_result()
-            })
-            .await
-            .map_err(|e| self.shared.source_error(&source.instance.id, e))?;
+        if !released.ack.is_empty() {
+            // Only to the instance that polled these batches; if it is gone by now, a later
+            // one never sees them (their delivery tags or sequences are not its own).
+            let positions: Arc<RVec<_>> = Arc::new(released.ack.into());
+            source
+                .policy
+                .call_pinned(&mut source.instance, current, &self.shared.stop, move |s| {
+                    s.ack(positions.as_rslice()).into_result()
+                })
+                .await
+                .map_err(|e| self.shared.source_error(&source.instance.id, e))?;
+        }
         *self.acked_offsets.lock().expect("offsets lock") = self.offsets.clone();
         self.offsets_tx.send_replace(self.offsets.clone());
         Ok(())

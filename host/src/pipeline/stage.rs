@@ -27,7 +27,9 @@ pub struct StageInstance<T> {
     pub id: StageId,
     instance: Option<T>,
     factory: Factory<T>,
-    created: bool,
+    /// How many instances were made: 1 for the first, counting up at every recreation. Tells
+    /// which instance produced something (a source's batch is acknowledged only to its own).
+    generation: u64,
     span: tracing::Span,
 }
 
@@ -39,7 +41,7 @@ impl<T: Send + 'static> StageInstance<T> {
             id,
             instance: None,
             factory,
-            created: false,
+            generation: 0,
             span,
         }
     }
@@ -48,7 +50,7 @@ impl<T: Send + 'static> StageInstance<T> {
     pub fn with_instance(id: StageId, instance: T, factory: Factory<T>) -> Self {
         let mut s = Self::new(id, factory);
         s.instance = Some(instance);
-        s.created = true;
+        s.generation = 1;
         s
     }
 
@@ -63,7 +65,12 @@ impl<T: Send + 'static> StageInstance<T> {
 
     /// Whether an instance was made before (so a new one is a restart).
     pub fn was_created(&self) -> bool {
-        self.created
+        self.generation > 0
+    }
+
+    /// Which instance this is: 0 before the first, then 1, 2, … as instances are recreated.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Forgets an instance whose call was abandoned; the blocking thread still owns it.
@@ -89,7 +96,7 @@ impl<T: Send + 'static> StageInstance<T> {
         .await
         .expect("the SDK catches panics in factories")?;
         self.instance = Some(made);
-        self.created = true;
+        self.generation += 1;
         Ok(())
     }
 

@@ -495,6 +495,46 @@ impl PolicyStack {
         R: Send + 'static,
         F: Fn(&mut T) -> Result<R, PluginError> + Clone + Send + 'static,
     {
+        let called = self
+            .attempt(stage, None, records, stop, op, healthy)
+            .await?;
+        Ok(called.expect("an unpinned call makes the instance it needs"))
+    }
+
+    /// [`PolicyStack::call`] on one particular instance, `generation`: retried while that
+    /// instance lives, `Ok(None)` once it is gone (lost, or replaced by a newer one), never
+    /// sent to another. For calls whose arguments mean something only to the instance that
+    /// produced them, such as acknowledgements of a source's positions.
+    pub async fn call_pinned<T, R, F>(
+        &mut self,
+        stage: &mut StageInstance<T>,
+        generation: u64,
+        stop: &CancellationToken,
+        op: F,
+    ) -> Result<Option<(R, u32)>, CallError>
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+        F: Fn(&mut T) -> Result<R, PluginError> + Clone + Send + 'static,
+    {
+        self.attempt(stage, Some(generation), 0, stop, op, |_| true)
+            .await
+    }
+
+    async fn attempt<T, R, F>(
+        &mut self,
+        stage: &mut StageInstance<T>,
+        pinned: Option<u64>,
+        records: usize,
+        stop: &CancellationToken,
+        op: F,
+        healthy: impl Fn(&R) -> bool,
+    ) -> Result<Option<(R, u32)>, CallError>
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+        F: Fn(&mut T) -> Result<R, PluginError> + Clone + Send + 'static,
+    {
         let started = Instant::now();
         let mut attempts = 0u32;
         loop {
@@ -503,7 +543,11 @@ impl PolicyStack {
             }
             self.pass_breaker(stop).await?;
             self.throttle(records, stop).await?;
-            self.ensure_instance(stage, stop).await?;
+            match pinned {
+                None => self.ensure_instance(stage, stop).await?,
+                Some(g) if stage.is_lost() || stage.generation() != g => return Ok(None),
+                Some(_) => {}
+            }
             attempts += 1;
             self.metrics.calls.fetch_add(1, Relaxed);
             let error = match timeout::within(self.timeout, stage.call(op.clone())).await {
@@ -512,7 +556,7 @@ impl PolicyStack {
                         let t = self.breaker.on_success();
                         self.log_transition(t);
                     }
-                    return Ok((value, attempts));
+                    return Ok(Some((value, attempts)));
                 }
                 Ok(Err(e)) => e,
                 Err(timeout::TimedOut(d)) => {

@@ -22,7 +22,10 @@
 //! ```
 //!
 //! The source emits `count` records `{"seq":N}` (add `poison_every: K` to make every K-th
-//! record not JSON) and resumes from its stored offset like `generate`.
+//! record not JSON) and resumes from its stored offset like `generate`. With
+//! `instance_positions: true` its positions also name the instance that polled them, as AMQP
+//! delivery tags do, and an acknowledgement of another instance's position fails the pipeline
+//! (fatal): the host must acknowledge a batch only to the instance that polled it.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -32,8 +35,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use orbit_plugin_api::{
-    export_plugin, PluginBuilder, PluginError, Record, Sink, SinkContext, Source, SourceBatch,
-    SourceContext, Transform, TransformContext, TransformOutput, WriteOutcome,
+    export_plugin, PluginBuilder, PluginError, Position, Record, Sink, SinkContext, Source,
+    SourceBatch, SourceContext, Transform, TransformContext, TransformOutput, WriteOutcome,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -69,6 +72,8 @@ pub struct Faults {
     count: Option<u64>,
     #[serde(default)]
     poison_every: Option<u64>,
+    #[serde(default)]
+    instance_positions: bool,
     // Sink only.
     #[serde(default)]
     path: Option<PathBuf>,
@@ -170,22 +175,32 @@ pub struct ChaosSource {
     next: u64,
     count: u64,
     poison_every: Option<u64>,
+    /// With `instance_positions`: this instance's number, the first 8 bytes of its positions.
+    instance: Option<u64>,
 }
+
+/// Numbers of source instances in the process.
+static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Source for ChaosSource {
     type Config = Faults;
 
     fn open(faults: Faults, ctx: SourceContext) -> Result<Self, PluginError> {
+        // The sequence is the last 8 bytes, with or without an instance number before it.
         let next = ctx
             .offset("chaos", 0)
-            .and_then(|b| b.try_into().ok())
+            .and_then(|b| b.get(b.len().checked_sub(8)?..)?.try_into().ok())
             .map(|b: [u8; 8]| u64::from_be_bytes(b) + 1)
             .unwrap_or(0);
+        let instance = faults
+            .instance_positions
+            .then(|| INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         Ok(ChaosSource {
             count: faults.count.unwrap_or(u64::MAX),
             poison_every: faults.poison_every.filter(|k| *k > 0),
             injector: Injector::new(faults, "source"),
             next,
+            instance,
         })
     }
 
@@ -203,13 +218,36 @@ impl Source for ChaosSource {
                 Some(k) if (seq + 1) % k == 0 => format!("poison {seq}"),
                 _ => format!("{{\"seq\":{seq}}}"),
             };
-            batch.push(Record::new(value).with_position("chaos", 0, seq.to_be_bytes()));
+            let mut offset = self
+                .instance
+                .map_or(Vec::new(), |i| i.to_be_bytes().to_vec());
+            offset.extend_from_slice(&seq.to_be_bytes());
+            batch.push(Record::new(value).with_position("chaos", 0, offset));
             self.next += 1;
         }
         if self.next >= self.count {
             batch.end_of_stream();
         }
         Ok(batch)
+    }
+
+    fn ack(&mut self, positions: &[Position]) -> Result<(), PluginError> {
+        let Some(me) = self.instance else {
+            return Ok(());
+        };
+        for p in positions {
+            let polled_by = p
+                .offset
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes);
+            if polled_by != Some(me) {
+                return Err(PluginError::fatal(format!(
+                    "chaos: instance {me} was acknowledged a position polled by instance {polled_by:?}"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,7 +1,7 @@
 //! `file` source: one record per line.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -32,10 +32,13 @@ fn default_poll_interval() -> Duration {
     Duration::from_millis(200)
 }
 
+/// What the source reads: the file (a trait object, so tests can inject read errors).
+type Input = Box<dyn Read + Send>;
+
 pub struct FileSource {
     path: PathBuf,
     stream: String,
-    reader: BufReader<File>,
+    reader: BufReader<Input>,
     /// Byte position of the start of `partial` (or of the next line).
     position: u64,
     /// Bytes of a line whose newline has not been written yet (follow mode).
@@ -45,6 +48,10 @@ pub struct FileSource {
     format: Format,
     /// Line number of the next line, for errors.
     line_number: u64,
+    /// An error met after a poll had already taken lines: those lines are returned first, and
+    /// the next poll reports the error (the reader has moved past them; dropping the batch
+    /// would lose them behind a position that then skips them).
+    held_error: Option<PluginError>,
 }
 
 fn io_error(path: &std::path::Path, what: &str, e: std::io::Error) -> PluginError {
@@ -91,41 +98,42 @@ impl Source for FileSource {
             );
             position = 0;
         }
-        let mut reader = BufReader::with_capacity(256 * 1024, file);
-        reader
-            .seek(SeekFrom::Start(position))
+        let mut file = file;
+        file.seek(SeekFrom::Start(position))
             .map_err(|e| io_error(&config.path, "cannot seek in", e))?;
         if position > 0 {
             tracing::info!(file = %config.path.display(), position, "resuming");
         }
-        Ok(FileSource {
-            path: config.path,
+        Ok(FileSource::reading(
+            config,
             stream,
-            reader,
+            Box::new(file),
             position,
-            partial: Vec::new(),
-            follow: config.follow,
-            poll_interval: config.poll_interval,
-            format: config.format,
-            line_number: if position == 0 { 1 } else { 0 },
-        })
+        ))
     }
 
     fn poll(&mut self, max_records: usize, max_wait: Duration) -> Result<SourceBatch, PluginError> {
+        if let Some(e) = self.held_error.take() {
+            return Err(e);
+        }
         let deadline = Instant::now() + max_wait;
         let mut batch = SourceBatch::with_capacity(max_records.min(4096));
         while batch.len() < max_records {
-            let n = self
-                .reader
-                .read_until(b'\n', &mut self.partial)
-                .map_err(|e| io_error(&self.path, "cannot read", e))?;
+            // On an error, `partial` keeps what was read of the line, and `position` still
+            // points at its start: a retried poll continues exactly there.
+            let n = match self.reader.read_until(b'\n', &mut self.partial) {
+                Ok(n) => n,
+                Err(e) => return self.held(batch, io_error(&self.path, "cannot read", e)),
+            };
             let complete = self.partial.last() == Some(&b'\n');
             if n == 0 || !complete {
                 // End of what is there now.
                 if !self.follow {
                     if !self.partial.is_empty() {
                         // A last line without a newline.
-                        self.emit(&mut batch)?;
+                        if let Err(e) = self.emit(&mut batch) {
+                            return self.held(batch, e);
+                        }
                     }
                     batch.end_of_stream();
                     break;
@@ -136,13 +144,44 @@ impl Source for FileSource {
                 std::thread::sleep(self.poll_interval.min(deadline - Instant::now()));
                 continue;
             }
-            self.emit(&mut batch)?;
+            if let Err(e) = self.emit(&mut batch) {
+                return self.held(batch, e);
+            }
         }
         Ok(batch)
     }
 }
 
 impl FileSource {
+    fn reading(config: Config, stream: String, input: Input, position: u64) -> Self {
+        FileSource {
+            path: config.path,
+            stream,
+            reader: BufReader::with_capacity(256 * 1024, input),
+            position,
+            partial: Vec::new(),
+            follow: config.follow,
+            poll_interval: config.poll_interval,
+            format: config.format,
+            line_number: if position == 0 { 1 } else { 0 },
+            held_error: None,
+        }
+    }
+
+    /// The lines already taken, with `error` held for the next poll; the error itself when
+    /// nothing was taken.
+    fn held(&mut self, batch: SourceBatch, error: PluginError) -> Result<SourceBatch, PluginError> {
+        if batch.is_empty() {
+            return Err(error);
+        }
+        tracing::debug!(
+            "returning {} lines read before an error: {error}",
+            batch.len()
+        );
+        self.held_error = Some(error);
+        Ok(batch)
+    }
+
     fn emit(&mut self, batch: &mut SourceBatch) -> Result<(), PluginError> {
         let start = self.position;
         self.position += self.partial.len() as u64;
@@ -175,5 +214,67 @@ impl FileSource {
         }
         batch.push(record.with_position(self.stream.as_str(), 0, self.position.to_be_bytes()));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Yields `first`, then fails once with EIO, then yields `rest`: a disk that hiccups.
+    struct Hiccup {
+        first: std::io::Cursor<Vec<u8>>,
+        failed: bool,
+        rest: std::io::Cursor<Vec<u8>>,
+    }
+
+    impl Read for Hiccup {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.first.read(buf)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            if !self.failed {
+                self.failed = true;
+                return Err(std::io::Error::other("input/output error"));
+            }
+            self.rest.read(buf)
+        }
+    }
+
+    fn values(batch: &SourceBatch) -> Vec<String> {
+        batch
+            .records()
+            .iter()
+            .map(|r| String::from_utf8(r.value().to_vec()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_read_error_part_way_through_a_poll_loses_no_line() {
+        let config: Config = serde_json::from_str(r#"{"path": "in.txt"}"#).unwrap();
+        let input = Hiccup {
+            first: std::io::Cursor::new(b"a\nb\nc".to_vec()), // the third line is cut by the error
+            failed: false,
+            rest: std::io::Cursor::new(b"c\nd\n".to_vec()),
+        };
+        let mut source = FileSource::reading(config, "in.txt".into(), Box::new(input), 0);
+        let first = source.poll(100, Duration::from_millis(10)).unwrap();
+        assert_eq!(
+            values(&first),
+            ["a", "b"],
+            "the lines before the error come out"
+        );
+        let e = source.poll(100, Duration::from_millis(10)).unwrap_err();
+        assert!(e.to_string().contains("cannot read in.txt"), "{e}");
+        let rest = source.poll(100, Duration::from_millis(10)).unwrap();
+        assert_eq!(
+            values(&rest),
+            ["cc", "d"],
+            "the retry continues where the error struck"
+        );
+        let end = |b: &SourceBatch| b.records().last().unwrap().position().offset.to_vec();
+        assert_eq!(end(&first), 4u64.to_be_bytes(), "position after `a\\nb\\n`");
+        assert_eq!(end(&rest), 9u64.to_be_bytes(), "every byte accounted for");
     }
 }

@@ -3,6 +3,7 @@
 //! until the host acknowledged the request's records.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -87,9 +88,14 @@ fn default_stream() -> String {
     "http".into()
 }
 
+/// Record sequence numbers (the records' positions), unique in the process: an instance that
+/// replaces another (after a panic or a timeout) continues after every number handed out
+/// before, so an acknowledgement of an earlier instance's records can never answer a request
+/// of this one. They start after the last acknowledged one, so stored positions keep growing.
+static SEQUENCES: AtomicU64 = AtomicU64::new(0);
+
 struct Queue {
     records: VecDeque<Record>,
-    next_seq: u64,
     /// Requests waiting for delivery: (last sequence number, answer), in sequence order.
     pending: VecDeque<(u64, oneshot::Sender<()>)>,
     closed: bool,
@@ -151,16 +157,18 @@ impl Source for HttpSource {
     }
 
     fn open(config: Config, ctx: SourceContext) -> Result<Self, PluginError> {
-        // Resume the sequence after the last acknowledged record, so positions keep growing.
-        let next_seq = ctx
+        if let Some(acked) = ctx
             .offset(&config.stream, 0)
             .and_then(|o| <[u8; 8]>::try_from(o).ok())
-            .map(|o| u64::from_be_bytes(o) + 1)
-            .unwrap_or(0);
+        {
+            SEQUENCES.fetch_max(
+                u64::from_be_bytes(acked).saturating_add(1),
+                Ordering::Relaxed,
+            );
+        }
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 records: VecDeque::new(),
-                next_seq,
                 pending: VecDeque::new(),
                 closed: false,
             }),
@@ -395,9 +403,9 @@ async fn ingest(
                 ),
             );
         }
-        for raw in &values {
-            let seq = q.next_seq;
-            q.next_seq += 1;
+        // Taken under the queue lock: this instance's records are queued in sequence order.
+        let first = SEQUENCES.fetch_add(n as u64, Ordering::Relaxed);
+        for (seq, raw) in (first..).zip(&values) {
             let mut r = Record::new(raw.get().as_bytes())
                 .with_timestamp_ms(now_ms)
                 .with_position(shared.stream.as_str(), 0, seq.to_be_bytes().to_vec());
@@ -408,8 +416,7 @@ async fn ingest(
         }
         let waiter = if shared.ack_mode == AckMode::Delivered {
             let (tx, rx) = oneshot::channel();
-            let last = q.next_seq - 1;
-            q.pending.push_back((last, tx));
+            q.pending.push_back((first + n as u64 - 1, tx));
             Some(rx)
         } else {
             None

@@ -1,5 +1,6 @@
 //! `rabbitmq` source: consume a queue; ack deliveries once the host delivered their records.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt as _;
@@ -84,7 +85,16 @@ struct Inner {
     config: Config,
     endpoint: Endpoint,
     session: Option<Session>,
-    generation: u32,
+}
+
+/// Connection generations, unique in the process: an instance that replaces another (after a
+/// panic or a timeout) never reuses one, so a delivery tag of an earlier connection can never
+/// pass for a tag of the current one, and `basic_ack(tag, multiple)` never acknowledges
+/// deliveries the host has not written.
+static GENERATIONS: AtomicU32 = AtomicU32::new(1);
+
+fn next_generation() -> u32 {
+    GENERATIONS.fetch_add(1, Ordering::Relaxed)
 }
 
 pub struct RabbitSource {
@@ -188,13 +198,12 @@ impl Inner {
                 )
                 .await
                 .map_err(|e| self.endpoint.classify(&e, "cannot consume from"))?;
-            self.generation += 1;
             tracing::info!(url = %self.endpoint.shown(), queue = %self.config.queue, "consuming");
             self.session = Some(Session {
                 connection,
                 channel,
                 consumer,
-                generation: self.generation,
+                generation: next_generation(),
                 received: 0,
                 acked: 0,
             });
@@ -306,6 +315,12 @@ impl Inner {
             if generation != session.generation {
                 continue; // a tag of an earlier connection: the broker redelivers those
             }
+            if tag > session.received {
+                // Never handed out by this connection: acknowledging it would cover messages
+                // the host has not written.
+                tracing::warn!(tag, received = session.received, "ignoring an acknowledgement of a delivery tag this connection did not hand out");
+                continue;
+            }
             session
                 .channel
                 .basic_ack(tag, BasicAckOptions { multiple: true })
@@ -351,7 +366,6 @@ impl Source for RabbitSource {
             config,
             endpoint,
             session: None,
-            generation: 0,
         };
         driver.run(inner.session())?;
         let source = RabbitSource { inner, driver };
@@ -378,5 +392,18 @@ impl Source for RabbitSource {
                 .run(s.connection.close(200, "orbit source closing".into()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generations_are_unique_in_the_process() {
+        let a = next_generation();
+        let b = next_generation();
+        assert_ne!(a, b);
+        assert_eq!(decode(&encode(a, 42)), Some((a, 42)));
     }
 }
