@@ -37,8 +37,32 @@ pub enum LoadError {
         plugin: String,
         detail: String,
     },
+    #[error("{0}")]
+    Unusable(String),
     #[error("loading it failed: {0}")]
     Other(String),
+}
+
+/// Refuses what the dynamic loader must not be handed: something that is not a regular file
+/// (a directory, a dangling symlink, a symlink loop) or a truncated ELF file.
+fn check_file(path: &Path) -> Result<(), LoadError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => {
+            return Err(LoadError::Unusable(
+                "it is a directory (or another non-file), not a library; move it out of the plugin directory".into(),
+            ))
+        }
+        Err(e) => {
+            let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+            return Err(LoadError::Unusable(if link {
+                format!("it is a symbolic link that leads to no file (dangling, or a loop: {e}); fix the link or remove it")
+            } else {
+                format!("cannot read it: {e}")
+            }));
+        }
+    }
+    super::elf::check(path).map_err(LoadError::Unusable)
 }
 
 fn classify(e: LibraryError, plugin_api: &str) -> LoadError {
@@ -138,6 +162,7 @@ fn one_line(s: &str) -> String {
 }
 
 pub fn load_library(path: &Path) -> Result<Library, LoadError> {
+    check_file(path)?;
     let header = lib_header_from_path(path).map_err(|e| classify(e, "?"))?;
     let plugin_api = header.version_strings().version.as_str();
     let module = header

@@ -1,6 +1,7 @@
 //! Plugin libraries: where they are searched, how they are loaded, and the registry of the
 //! components they provide.
 
+mod elf;
 mod loader;
 mod logging;
 mod search_path;

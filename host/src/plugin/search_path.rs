@@ -66,8 +66,8 @@ impl SearchPath {
         }
     }
 
-    /// The library files in the search path's directories, in order, sorted by name within a
-    /// directory. Missing directories are skipped.
+    /// The entries named like libraries (`*.so`) in the search path's directories, in order,
+    /// sorted by name within a directory. Missing directories are skipped.
     pub fn library_files(&self) -> Vec<PathBuf> {
         let mut files = Vec::new();
         for dir in &self.dirs {
@@ -77,9 +77,9 @@ impl SearchPath {
             let mut found: Vec<PathBuf> = entries
                 .filter_map(|e| e.ok())
                 .map(|e| e.path())
-                .filter(|p| {
-                    p.is_file() && p.extension().and_then(|e| e.to_str()) == Some(LIBRARY_EXTENSION)
-                })
+                // Not only regular files: a directory or a broken link named like a library is
+                // refused with a reason, never skipped in silence.
+                .filter(|p| p.extension().and_then(|e| e.to_str()) == Some(LIBRARY_EXTENSION))
                 .collect();
             found.sort();
             files.extend(found);
