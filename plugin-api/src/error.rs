@@ -138,6 +138,26 @@ impl ConfigError {
             message: RString::from(message.into()),
         }
     }
+
+    /// Checks a size or count against its bounds at validation, so that a value which parses
+    /// (`18446744073709551615`) never reaches an allocation or a channel that would panic.
+    pub fn check_range(
+        path: &str,
+        value: usize,
+        range: std::ops::RangeInclusive<usize>,
+    ) -> Result<(), ConfigError> {
+        if range.contains(&value) {
+            return Ok(());
+        }
+        Err(ConfigError::new(
+            path,
+            format!(
+                "{value} is out of range: it must be from {} to {}",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
 }
 
 impl std::fmt::Display for ConfigError {

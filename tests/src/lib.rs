@@ -77,12 +77,19 @@ impl Scratch {
         p
     }
 
-    /// `orbit-host ARGS` with the scratch dir as working and state directory.
+    /// `orbit-host ARGS` with the scratch dir as working directory and `.orbit` in it as state
+    /// directory: one state directory per scratch.
     pub fn host(&self, args: &[&str]) -> Command {
+        self.host_in(".orbit", args)
+    }
+
+    /// [`Scratch::host`] with the state directory `state` (in the scratch dir): for a test that
+    /// runs two hosts side by side, each with its own offsets.
+    pub fn host_in(&self, state: &str, args: &[&str]) -> Command {
         let mut c = Command::new(host_binary());
         c.args(args)
             .current_dir(self.dir.path())
-            .env("ORBIT_STATE_DIR", self.path(".orbit"))
+            .env("ORBIT_STATE_DIR", self.path(state))
             .env_remove("ORBIT_PLUGIN_PATH")
             .env("NO_COLOR", "1")
             .env("ORBIT_LOG", "info");
@@ -135,12 +142,22 @@ impl Scratch {
     /// Like [`Scratch::spawn`], with stderr going to the file `log` in the scratch dir: for runs
     /// that log more than a pipe holds while nobody reads it (outages, retries).
     pub fn spawn_logged(&self, args: &[&str], log: &str) -> Child {
+        self.spawn_logged_in(".orbit", args, log)
+    }
+
+    /// [`Scratch::spawn_logged`] with its own state directory (see [`Scratch::host_in`]).
+    pub fn spawn_logged_in(&self, state: &str, args: &[&str], log: &str) -> Child {
         let file = std::fs::File::create(self.path(log)).expect("log file");
-        self.host(args)
+        self.host_in(state, args)
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
             .expect("orbit-host starts")
+    }
+
+    /// The whole text of the file `name` (a log), empty if it does not exist.
+    pub fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).unwrap_or_default()
     }
 
     pub fn lines(&self, name: &str) -> Vec<String> {
@@ -159,6 +176,62 @@ pub fn read_lines(path: &Path) -> Vec<String> {
         Ok(s) => s.lines().map(str::to_string).collect(),
         Err(_) => Vec::new(),
     }
+}
+
+/// A pipeline's closing summary as the host logs it: `finished: 25000 records in, 20000 written,
+/// 5000 dropped by transforms, 0 dead-lettered in 1.23s (…)`. Its clock is the pipeline's own,
+/// not the process's start-up.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Finished {
+    pub records_in: u64,
+    pub written: u64,
+    pub dropped: u64,
+    pub dead_lettered: u64,
+    pub secs: f64,
+}
+
+/// Every `finished:` summary in a host's log, in the order logged.
+pub fn finished(log: &str) -> Vec<Finished> {
+    log.lines()
+        .filter_map(|l| l.split_once("finished: "))
+        .map(|(_, rest)| {
+            parse_finished(rest).unwrap_or_else(|| panic!("unparsable summary: finished: {rest}"))
+        })
+        .collect()
+}
+
+/// The one `finished:` summary in `log`; panics with the log if there is none or several.
+pub fn finished_once(log: &str) -> Finished {
+    let all = finished(log);
+    assert_eq!(all.len(), 1, "expected one `finished:` summary in:\n{log}");
+    all[0]
+}
+
+fn parse_finished(s: &str) -> Option<Finished> {
+    let (records_in, s) = s.split_once(" records in, ")?;
+    let (written, s) = s.split_once(" written, ")?;
+    let (dropped, s) = s.split_once(" dropped by transforms, ")?;
+    let (dead_lettered, s) = s.split_once(" dead-lettered in ")?;
+    let (secs, _) = s.split_once("s ")?;
+    Some(Finished {
+        records_in: records_in.trim().parse().ok()?,
+        written: written.parse().ok()?,
+        dropped: dropped.parse().ok()?,
+        dead_lettered: dead_lettered.parse().ok()?,
+        secs: secs.parse().ok()?,
+    })
+}
+
+/// The (records in, written) of every `progress:` line in a host's log, in order.
+pub fn progress(log: &str) -> Vec<(u64, u64)> {
+    log.lines()
+        .filter_map(|l| l.split_once("progress: "))
+        .filter_map(|(_, rest)| {
+            let (records_in, rest) = rest.split_once(" in, ")?;
+            let (written, _) = rest.split_once(" written")?;
+            Some((records_in.parse().ok()?, written.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Waits until `cond` holds, checking every 10 ms; panics with `what` after `timeout`.
@@ -322,6 +395,24 @@ impl Drop for Tansu {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summaries_and_progress_lines_are_read_from_the_log() {
+        let log = "2025-01-01T00:00:00Z  INFO run{pipeline=p}: orbit_host: progress: 700 in, 600 written, 350 records/s\n\
+                   2025-01-01T00:00:01Z  INFO orbit_host: finished: 25000 records in, 20000 written, 5000 dropped by transforms, 3 dead-lettered in 12.34s (2026 records/s) pipeline=p\n";
+        assert_eq!(progress(log), vec![(700, 600)]);
+        assert_eq!(
+            finished_once(log),
+            Finished {
+                records_in: 25000,
+                written: 20000,
+                dropped: 5000,
+                dead_lettered: 3,
+                secs: 12.34,
+            }
+        );
+        assert!(finished("no summary here\n").is_empty());
+    }
 
     #[test]
     fn a_run_past_its_deadline_is_killed_and_fails_with_the_log_tail() {

@@ -44,6 +44,12 @@ batch: { max_records: 700, max_wait: 5ms }
         err.contains("25000 records in, 20000 written, 5000 dropped by transforms"),
         "{err}"
     );
+    let summary = finished_once(&err);
+    assert_eq!(
+        (summary.records_in, summary.written, summary.dropped),
+        (25000, 20000, 5000),
+        "{err}"
+    );
 }
 
 /// Counts how often each input line occurs in the output.
@@ -81,7 +87,7 @@ batch: { max_records: 1000, max_wait: 10ms, buffer: 2 }
 offsets: { flush_interval: 0s }
 "#,
     );
-    let mut child = s.spawn(&["p.yaml", "--progress", "0s"]);
+    let mut child = s.spawn_logged(&["p.yaml", "--progress", "0s"], "first.log");
     let out_path = s.path("out.jsonl");
     // Kill somewhere in the middle: after 200,000 lines are out, well before the end.
     wait_for("a fifth of the output", Duration::from_secs(120), || {
@@ -94,10 +100,26 @@ offsets: { flush_interval: 0s }
         before < LINES,
         "killed too late to test anything: {before} lines out"
     );
+    // The kill came mid-run: the first run never reached its summary.
+    let first_log = s.read("first.log");
+    assert!(
+        finished(&first_log).is_empty(),
+        "the first run completed before the kill:\n{first_log}"
+    );
 
     let out = s.run(&["p.yaml", "--progress", "0s"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let lines = s.lines("out.jsonl");
+    // Every line is a whole record of the input, transformed: no torn or foreign line.
+    for (n, line) in lines.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("line {n} is not JSON ({e}): {line:?}"));
+        let id = v["id"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("line {n}: {line}"));
+        assert!(id < LINES as u64, "line {n}: {line}");
+        assert_eq!(line, &format!("{{\"id\":{id},\"seen\":true}}"), "line {n}");
+    }
     let seen = occurrences(&lines);
     let mut missing = 0;
     for i in 0..LINES {
@@ -106,6 +128,12 @@ offsets: { flush_interval: 0s }
         }
     }
     assert_eq!(missing, 0, "lines lost after SIGKILL");
+    // The restart read on from the stored offsets, not from the start of the input.
+    let restart = finished_once(&text(&out.stderr));
+    assert!(
+        restart.records_in < LINES as u64,
+        "the restart read the whole input again: {restart:?}"
+    );
     let duplicates = lines.len() - LINES;
     // The window: batches in the two channels (2 each), one inside each of the three stages,
     // plus offsets not yet persisted when the kill came: at most ~10 batches of 1000.
@@ -130,16 +158,23 @@ batch: { max_records: 100, max_wait: 5ms }
 offsets: { flush_interval: 1h }
 "#,
     );
-    let mut child = s.spawn(&["p.yaml", "--progress", "0s"]);
+    let mut child = s.spawn_logged(&["p.yaml", "--progress", "0s"], "first.log");
     let out_path = s.path("out.txt");
     wait_for("output", Duration::from_secs(60), || {
         std::fs::metadata(&out_path).map(|m| m.len()).unwrap_or(0) > 20_000
     });
     signal(&child, libc::SIGTERM);
     let status = wait_exit(&mut child, Duration::from_secs(30));
-    let err = stderr_of(&mut child);
+    let err = s.read("first.log");
     assert!(status.success(), "exit {status:?}: {err}");
     let first = s.lines("out.txt");
+    // Drained: everything polled before the stop was written, and nothing else.
+    let summary = finished_once(&err);
+    assert_eq!(summary.written, first.len() as u64, "{err}");
+    assert_eq!(
+        summary.records_in, summary.written,
+        "polled but not written: {err}"
+    );
 
     // The stored offset is exactly the last record written: the drain delivered and acked all.
     let stored: serde_json::Value =
@@ -154,14 +189,16 @@ offsets: { flush_interval: 1h }
     assert_eq!(first.last().unwrap(), &seq.to_string());
 
     // Run again briefly: it continues at seq + 1.
-    let mut child = s.spawn(&["p.yaml", "--progress", "0s"]);
+    let mut child = s.spawn_logged(&["p.yaml", "--progress", "0s"], "second.log");
     let n = first.len();
     wait_for("more output", Duration::from_secs(60), || {
         s.lines("out.txt").len() > n + 1000
     });
     signal(&child, libc::SIGINT);
-    assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "{}", s.read("second.log"));
     let all = s.lines("out.txt");
+    assert!(all.len() > n + 1000, "the second run wrote nothing");
     for (i, l) in all.iter().enumerate() {
         assert_eq!(l, &i.to_string(), "gap or duplicate at line {i}");
     }
@@ -180,7 +217,7 @@ batch: { max_records: 100, max_wait: 5ms }
 offsets: { flush_interval: 1h }
 "#,
     );
-    let mut child = s.spawn(&["p.yaml", "--progress", "0s"]);
+    let mut child = s.spawn_logged(&["p.yaml", "--progress", "0s"], "first.log");
     wait_for("half the output", Duration::from_secs(60), || {
         s.lines("out.txt").len() >= 20_000
     });
@@ -188,9 +225,20 @@ offsets: { flush_interval: 1h }
     child.wait().unwrap();
     let before = s.lines("out.txt").len();
     assert!(before < 40_000, "killed too late: {before} lines");
+    let first_log = s.read("first.log");
+    assert!(
+        finished(&first_log).is_empty(),
+        "the first run completed before the kill:\n{first_log}"
+    );
     let out = s.run(&["p.yaml", "--progress", "0s"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let lines = s.lines("out.txt");
+    for (n, line) in lines.iter().enumerate() {
+        let seq: u64 = line
+            .parse()
+            .unwrap_or_else(|e| panic!("line {n} is not a sequence number ({e}): {line:?}"));
+        assert!(seq < 40_000, "line {n}: {line}");
+    }
     let seen = occurrences(&lines);
     for i in 0..40_000 {
         assert!(seen.contains_key(i.to_string().as_str()), "{i} lost");
@@ -240,8 +288,22 @@ fn a_plugin_that_keeps_panicking_fails_its_pipeline_cleanly_and_other_pipelines_
                 && err.contains("chaos: panic on call 4"),
             "{stage}: {err}"
         );
-        // The other pipeline in the same host ran to its end.
-        assert_eq!(s.lines("fine.txt").len(), 30000, "{stage}");
+        // The other pipeline in the same host ran to its end, every record in order.
+        let fine = s.lines("fine.txt");
+        assert_eq!(fine.len(), 30000, "{stage}");
+        for (i, l) in fine.iter().enumerate() {
+            assert_eq!(l, &i.to_string(), "{stage}: fine.txt line {i}");
+        }
+        let summaries = finished(&err);
+        assert_eq!(summaries.len(), 1, "only `fine` finished: {err}");
+        assert_eq!(summaries[0].written, 30000, "{stage}: {err}");
+        // Of the failing pipeline, at most the first batch (call 1 of the chaos stage) was
+        // written, each record whole.
+        let out = s.lines("out.txt");
+        assert!(out.len() <= 100, "{stage}: {} lines written", out.len());
+        for (i, l) in out.iter().enumerate() {
+            assert_eq!(l, &format!("{{\"seq\":{i}}}"), "{stage}: out.txt line {i}");
+        }
         // Nothing past the failing batch was acknowledged: at most the first batch is stored.
         if let Ok(bytes) = std::fs::read(s.path(".orbit/offsets/panics.json")) {
             let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();

@@ -45,7 +45,16 @@ fn the_good_pipeline_runs_and_validates() {
     );
     let out = s.run(&["p.yaml"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(s.lines("out.txt").len(), 10);
+    let lines = s.lines("out.txt");
+    assert_eq!(lines.len(), 10);
+    // Each record is the generated one, in order, with the transform applied.
+    for (i, line) in lines.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("line {i} is not JSON ({e}): {line:?}"));
+        assert_eq!(v["seq"], i as u64, "{line}");
+        assert_eq!(v["a"], 1, "the transform ran: {line}");
+        assert!(v["ts"].is_string(), "{line}");
+    }
 }
 
 #[test]

@@ -59,3 +59,31 @@ fn a_directory_a_dangling_symlink_or_a_symlink_loop_on_the_plugin_path_is_report
     let out = s.run(&["plugins", "--plugin-dir", &dir.display().to_string()]);
     assert!(text(&out.stdout).contains("json"), "{}", text(&out.stdout));
 }
+
+#[test]
+fn sizes_that_would_panic_at_run_time_are_refused_by_validate() {
+    let s = Scratch::new();
+    let huge = u64::MAX;
+    for (name, yaml, key) in [
+        (
+            "buffer.yaml",
+            format!("name: b\nsource: {{ plugin: generate, config: {{ count: 1 }} }}\nsink: {{ plugin: blackhole }}\nbatch: {{ buffer: {huge} }}\n"),
+            "batch.buffer",
+        ),
+        (
+            "sse.yaml",
+            format!("name: s\nsource: {{ plugin: generate, config: {{ count: 1 }} }}\nsink: {{ plugin: sse, config: {{ address: \"127.0.0.1:0\", client_buffer: {huge} }} }}\n"),
+            "client_buffer",
+        ),
+    ] {
+        s.write(name, &yaml);
+        let out = s.run(&["validate", name]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert!(
+            err.contains(key) && err.contains("out of range") || err.contains("it must be from 1 to"),
+            "{name}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{name}: {err}");
+    }
+}

@@ -451,7 +451,7 @@ fn sigkill_then_restart_delivers_everything_duplicates_only_past_the_commit() {
         &(kafka_to_file("crash", &b, "in", "g-crash", "")
             + "  policy: { rate_limit: { records_per_second: 20000 } }\n"),
     );
-    let mut host = s.spawn(&["p.yaml"]);
+    let mut host = s.spawn_logged(&["p.yaml"], "first.log");
     wait_for("a third of the records", Duration::from_secs(120), || {
         s.lines("out.jsonl").len() >= N / 3
     });
@@ -461,22 +461,33 @@ fn sigkill_then_restart_delivers_everything_duplicates_only_past_the_commit() {
     let committed_at_kill = committed(&b, "g-crash", "in", 2);
     assert!(at_kill < N, "the kill landed mid-run ({at_kill} lines)");
     assert!(
+        committed_at_kill < N as i64,
+        "everything was committed before the kill ({committed_at_kill})"
+    );
+    // Every line written before the kill is a whole record of the input.
+    let want: HashSet<Msg> = (0..N).map(|i| sorted_headers(msg(i))).collect();
+    for m in from_envelopes(&s.lines("out.jsonl")) {
+        assert!(want.contains(&m), "not a record of the input: {m:?}");
+    }
+    assert!(
         committed_at_kill > 0,
         "offsets were committed during the run (every 500ms)"
     );
 
-    let mut host = s.spawn(&["p.yaml"]);
+    let mut host = s.spawn_logged(&["p.yaml"], "second.log");
     wait_for(
         "every record after the restart",
         Duration::from_secs(180),
         || s.lines("out.jsonl").len() >= N + at_kill - committed_at_kill as usize,
     );
     signal(&host, libc::SIGTERM);
-    assert!(wait_exit(&mut host, Duration::from_secs(30)).success());
+    let status = wait_exit(&mut host, Duration::from_secs(30));
+    assert!(status.success(), "{}", s.tail("second.log", 40));
 
     let got = from_envelopes(&s.lines("out.jsonl"));
-    let distinct: HashSet<&Msg> = got.iter().collect();
+    let distinct: HashSet<Msg> = got.iter().cloned().collect();
     assert_eq!(distinct.len(), N, "every record of the input topic");
+    assert!(distinct == want, "exactly the input's records, by value");
     let duplicates = got.len() - N;
     // Re-read: exactly what was written after the last commit before the kill.
     assert!(
@@ -507,11 +518,12 @@ fn two_hosts_share_the_partitions_and_take_over_from_each_other() {
     let s = Scratch::new();
     s.write("a.yaml", &pipeline("a.jsonl"));
     s.write("b.yaml", &pipeline("b.jsonl"));
-    let mut a = s.spawn_logged(&["a.yaml"], "a.log");
+    // Each host keeps its own state directory, as two machines would.
+    let mut a = s.spawn_logged_in("a-state", &["a.yaml"], "a.log");
     wait_for("host A to receive records", Duration::from_secs(60), || {
         !s.lines("a.jsonl").is_empty()
     });
-    let mut b_host = s.spawn_logged(&["b.yaml"], "b.log");
+    let mut b_host = s.spawn_logged_in("b-state", &["b.yaml"], "b.log");
     wait_for("host B to receive records", Duration::from_secs(90), || {
         !s.lines("b.jsonl").is_empty()
     });
@@ -534,7 +546,7 @@ fn two_hosts_share_the_partitions_and_take_over_from_each_other() {
     // Kill A outright; its replacement resumes A's partitions from the committed offsets.
     signal(&a, libc::SIGKILL);
     wait_exit(&mut a, Duration::from_secs(10));
-    let mut a = s.spawn_logged(&["a.yaml"], "a2.log");
+    let mut a = s.spawn_logged_in("a-state", &["a.yaml"], "a2.log");
     let a_after_kill = s.lines("a.jsonl").len();
     wait_for("the restarted A to resume", Duration::from_secs(90), || {
         s.lines("a.jsonl").len() > a_after_kill + 100
@@ -558,9 +570,14 @@ fn two_hosts_share_the_partitions_and_take_over_from_each_other() {
         || all().len() >= N,
     );
     signal(&b_host, libc::SIGTERM);
-    assert!(wait_exit(&mut b_host, Duration::from_secs(30)).success());
+    let status = wait_exit(&mut b_host, Duration::from_secs(30));
+    assert!(status.success(), "{}", s.tail("b.log", 40));
     let want: HashSet<Msg> = (0..N).map(|i| sorted_headers(msg(i))).collect();
     assert!(all() == want);
+    assert!(
+        !s.path(".orbit").exists(),
+        "a host used the shared default state directory"
+    );
     let (pa, pb) = (partitions("a.jsonl"), partitions("b.jsonl"));
     assert_eq!(pb.len(), 4, "B ended up reading every partition: {pb:?}");
     assert!(pa.len() < 4, "A had only part of the topic: {pa:?}");
@@ -715,6 +732,12 @@ fn broker_replaced_mid_run_breaker_and_retries_ride_it_out() {
     // the independent client, then take the broker away and let the host run on without it.
     signal(&host, libc::SIGSTOP);
     seen_old.extend(seqs_in(&b, "out", 1));
+    // The broker goes away mid-stream: part of the records are on it, not all.
+    assert!(
+        !seen_old.is_empty() && (seen_old.len() as u64) < N,
+        "{} of {N} records on the first broker at the outage",
+        seen_old.len()
+    );
     broker.stop();
     signal(&host, libc::SIGCONT);
     let down_since = Instant::now();
@@ -749,6 +772,11 @@ fn broker_replaced_mid_run_breaker_and_retries_ride_it_out() {
     assert!(status.success(), "{err}");
     assert!(err.contains("circuit breaker opened"), "{err}");
     assert!(err.contains("circuit breaker closed"), "{err}");
+    let summary = finished_once(&err);
+    assert!(
+        summary.records_in == N && summary.written >= N,
+        "{summary:?}: {err}"
+    );
 
     let seen_new = seqs_in(&b, "out", 1);
     let missing: Vec<u64> = (0..N)
@@ -794,4 +822,9 @@ fn a_stalled_sink_pauses_the_partitions_and_resuming_loses_nothing() {
     let distinct: HashSet<&String> = got.iter().collect();
     assert_eq!(distinct.len(), N, "every record after the pause");
     assert_eq!(got.len(), N, "a pause re-reads nothing");
+    let want: Vec<String> = (0..N).map(|i| msg(i).value).collect();
+    assert!(
+        distinct == want.iter().collect::<HashSet<&String>>(),
+        "exactly the input's values"
+    );
 }

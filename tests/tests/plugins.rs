@@ -1,6 +1,7 @@
 //! Plugins built outside the workspace: the one docs/PLUGINS.md describes must build and run;
 //! one built against a plugin-api with another layout must be refused with a clear error.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -29,8 +30,46 @@ fn doc_block(first_line: &str) -> String {
     panic!("docs/PLUGINS.md has no block starting with {first_line}");
 }
 
+/// The `[[package]]` entries of a Cargo.lock as (name, version, source, checksum) lines, for
+/// comparing two lockfiles without a TOML parser.
+fn locked_packages(lock: &str) -> BTreeSet<String> {
+    lock.split("[[package]]")
+        .skip(1)
+        .map(|entry| {
+            entry
+                .lines()
+                .filter(|l| {
+                    ["name = ", "version = ", "source = ", "checksum = "]
+                        .iter()
+                        .any(|k| l.starts_with(k))
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+fn cargo(dir: &Path, args: &[&str]) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "cargo {args:?} in {} failed",
+        dir.display()
+    );
+}
+
 /// Writes the documented plugin into `dir` as a crate named `name`, with `features` enabled on
 /// orbit-plugin-api, builds it into a shared fixtures target dir and returns the library.
+///
+/// It builds against the workspace's Cargo.lock: the lockfile is copied in, resolved only for
+/// the new crate itself (`cargo update --workspace` keeps every locked version), checked to pin
+/// nothing the workspace does not, and the build is `--locked`. A new release of a dependency
+/// can then neither break nor change the test.
 fn build_doc_plugin(dir: &Path, name: &str, features: &str) -> PathBuf {
     let api = workspace_root().join("plugin-api");
     let manifest = doc_block("# Cargo.toml")
@@ -52,15 +91,31 @@ fn build_doc_plugin(dir: &Path, name: &str, features: &str) -> PathBuf {
     std::fs::create_dir_all(dir.join("src")).unwrap();
     std::fs::write(dir.join("Cargo.toml"), manifest).unwrap();
     std::fs::write(dir.join("src/lib.rs"), doc_block("// src/lib.rs")).unwrap();
+    let workspace_lock = std::fs::read_to_string(workspace_root().join("Cargo.lock")).unwrap();
+    std::fs::write(dir.join("Cargo.lock"), &workspace_lock).unwrap();
+    // Adds the fixture's own entry and drops what it does not use; every other version stays.
+    cargo(dir, &["update", "--workspace", "--quiet"]);
+    let fixture_lock = std::fs::read_to_string(dir.join("Cargo.lock")).unwrap();
+    let pinned = locked_packages(&workspace_lock);
+    let own = format!("name = \"{name}\" ");
+    let foreign: Vec<String> = locked_packages(&fixture_lock)
+        .into_iter()
+        .filter(|p| !p.starts_with(&own) && !pinned.contains(p))
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "{name} resolved versions the workspace's Cargo.lock does not pin: {foreign:?}"
+    );
+    assert!(
+        fixture_lock.contains("name = \"orbit-plugin-api\""),
+        "{fixture_lock}"
+    );
     let target = workspace_root().join("target/fixtures");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "--target-dir"])
-        .arg(&target)
-        .current_dir(dir)
-        .status()
-        .unwrap();
-    assert!(status.success(), "building {name} failed");
+    let target_arg = target.display().to_string();
+    cargo(
+        dir,
+        &["build", "--locked", "--quiet", "--target-dir", &target_arg],
+    );
     target
         .join("debug")
         .join(format!("lib{}.so", name.replace('-', "_")))
@@ -107,6 +162,9 @@ fn the_plugin_in_the_docs_builds_out_of_tree_and_runs() {
     assert_eq!(lines.len(), 3000);
     assert_eq!(lines[0], "ORDER 0!");
     assert_eq!(lines[2999], "ORDER 2999!");
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line, &format!("ORDER {i}!"), "line {i}");
+    }
     // The plugin's own log line reached the host's log, tagged with its name.
     assert!(
         err.contains("uppercase ready") && err.contains("plugin=\"uppercase\""),

@@ -85,7 +85,9 @@ fn publish(queue: &str, messages: impl Iterator<Item = String>) {
     })
 }
 
-fn message_count(queue: &str) -> u32 {
+/// (messages ready, consumers attached) of `queue`, from a passive declare. A consumer's
+/// unacknowledged messages are not among the ready ones.
+fn counts(queue: &str) -> (u32, u32) {
     rt().block_on(async {
         let c = connect().await;
         let ch = c.create_channel().await.unwrap();
@@ -100,8 +102,61 @@ fn message_count(queue: &str) -> u32 {
             )
             .await
             .unwrap();
-        q.message_count()
+        (q.message_count(), q.consumer_count())
     })
+}
+
+/// The messages ready in `queue` now, whoever is attached: for waiting while the host consumes.
+fn ready_count(queue: &str) -> u32 {
+    counts(queue).0
+}
+
+/// The messages `queue` holds once no consumer is attached: a host that just exited (or was
+/// killed) may still hold unacknowledged messages, which the broker counts only after it has
+/// closed that consumer and put them back.
+fn message_count(queue: &str) -> u32 {
+    let mut messages = 0;
+    wait_for(
+        &format!("no consumer on {queue}"),
+        Duration::from_secs(30),
+        || {
+            let (m, consumers) = counts(queue);
+            messages = m;
+            consumers == 0
+        },
+    );
+    messages
+}
+
+/// Every message `queue` holds, ready or held unacknowledged by a consumer, as the broker
+/// itself reports it (`rabbitmqctl list_queues`): a passive declare counts only the ready ones.
+fn held_by_broker(queue: &str) -> u64 {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "name", "messages"])
+        .output()
+        .expect("rabbitmqctl");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            let (name, n) = l.split_once('\t')?;
+            (name == queue).then(|| n.trim().parse().ok()).flatten()
+        })
+        .unwrap_or_else(|| panic!("no queue {queue}: {}", text(&out.stdout)))
+}
+
+/// `prefix0` … `prefix{n-1}`, sorted as strings.
+fn expected(prefix: &str, n: usize) -> Vec<String> {
+    let mut v: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    v.sort();
+    v
+}
+
+/// The distinct lines, sorted as strings.
+fn distinct(mut lines: Vec<String>) -> Vec<String> {
+    lines.sort();
+    lines.dedup();
+    lines
 }
 
 /// Consumes until `n` messages arrived or nothing came for 5 s.
@@ -170,11 +225,15 @@ fn rabbitmq_to_file_delivers_everything_and_empties_the_queue() {
     );
     signal(&child, libc::SIGTERM);
     let status = wait_exit(&mut child, Duration::from_secs(30));
-    assert!(status.success(), "{}", stderr_of(&mut child));
+    let err = stderr_of(&mut child);
+    assert!(status.success(), "{err}");
     let mut lines = s.lines("out.txt");
     lines.sort_by_key(|l| l[1..].parse::<u64>().unwrap());
     lines.dedup();
     assert_eq!(lines.len(), 100_000);
+    // Every message published, by value.
+    assert_eq!(distinct(lines), expected("m", 100_000));
+    assert!(finished_once(&err).written >= 100_000, "{err}");
     assert_eq!(message_count(q), 0, "everything delivered was acked");
 }
 
@@ -189,13 +248,26 @@ fn sigkill_with_the_rabbitmq_source_then_restart_delivers_every_message() {
         "p.yaml",
         &format!("name: kill-rabbit\nsource: {{ plugin: rabbitmq, config: {{ url: \"{URL}\", queue: {q}, prefetch: 500 }} }}\nsink: {{ plugin: file, config: {{ path: out.txt }} }}\nbatch: {{ max_records: 100 }}\n"),
     );
-    let mut child = s.spawn(&["p.yaml", "--progress", "0s"]);
+    let mut child = s.spawn_logged(&["p.yaml", "--progress", "0s"], "first.log");
     wait_for("some output", Duration::from_secs(60), || {
         s.lines("out.txt").len() > 5_000
     });
     child.kill().unwrap();
     child.wait().unwrap();
-    let mut child = s.spawn(&["p.yaml", "--progress", "0s"]);
+    // The kill came mid-run: some but not all messages were written, and the queue (once the
+    // broker has closed the dead consumer and put its unacknowledged messages back) still
+    // holds every message not acknowledged, so none is in neither place.
+    let at_kill = s.lines("out.txt").len();
+    let left = message_count(q) as usize;
+    assert!(
+        at_kill < 50_000 && left > 0,
+        "killed too late: {at_kill} lines written, {left} left in the queue"
+    );
+    assert!(
+        at_kill + left >= 50_000,
+        "acknowledged but not written: {at_kill} lines, {left} in the queue"
+    );
+    let mut child = s.spawn_logged(&["p.yaml", "--progress", "0s"], "second.log");
     wait_for("every message", Duration::from_secs(120), || {
         let mut l = s.lines("out.txt");
         l.sort();
@@ -203,11 +275,18 @@ fn sigkill_with_the_rabbitmq_source_then_restart_delivers_every_message() {
         l.len() >= 50_000
     });
     signal(&child, libc::SIGTERM);
-    assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "{}", s.read("second.log"));
     let lines = s.lines("out.txt");
+    assert_eq!(distinct(lines.clone()), expected("m", 50_000));
     let duplicates = lines.len() - 50_000;
     eprintln!("duplicates after SIGKILL with prefetch 500: {duplicates}");
     assert!(duplicates <= 1_000, "{duplicates}");
+    // Only what was written but not acknowledged at the kill came again.
+    assert!(
+        duplicates <= at_kill + left - 50_000,
+        "{duplicates} duplicates; {at_kill} written and {left} unacknowledged at the kill"
+    );
     assert_eq!(message_count(q), 0);
 }
 
@@ -237,15 +316,37 @@ fn a_poison_message_is_dead_lettered_and_the_rest_flow() {
     });
     signal(&child, libc::SIGTERM);
     assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
-    assert_eq!(s.lines("out.txt").len(), 996);
+    let out = s.lines("out.txt");
+    assert_eq!(out.len(), 996);
+    // Exactly the good messages, each transformed.
+    let mut good: Vec<u64> = out
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["ok"], true, "the transform ran: {l}");
+            v["n"].as_u64().unwrap()
+        })
+        .collect();
+    good.sort();
+    assert_eq!(
+        good,
+        (0..1000).filter(|i| i % 250 != 7).collect::<Vec<u64>>()
+    );
     let dlq = s.lines("dlq.jsonl");
     assert_eq!(dlq.len(), 4);
+    let mut dead = Vec::new();
     for l in &dlq {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         assert!(v["value"].as_str().unwrap().starts_with("not json"));
         assert_eq!(v["headers"]["amqp.routing_key"], q);
         assert_eq!(v["headers"]["orbit.dlq.plugin"], "json");
+        dead.push(v["value"].as_str().unwrap().to_string());
     }
+    dead.sort();
+    assert_eq!(
+        dead,
+        ["not json 257", "not json 507", "not json 7", "not json 757"]
+    );
     assert_eq!(message_count(q), 0);
 }
 
@@ -331,7 +432,11 @@ fn a_broker_restart_mid_stream_loses_nothing_in_either_direction() {
         &format!(
             "name: restart-rabbit
 source: {{ plugin: rabbitmq, config: {{ url: \"{URL}\", queue: {q_in}, prefetch: 500 }} }}
-sink: {{ plugin: rabbitmq, config: {{ url: \"{URL}\", routing_key: {q_out} }} }}
+sink:
+  plugin: rabbitmq
+  config: {{ url: \"{URL}\", routing_key: {q_out} }}
+  # Slow enough (10 s for the lot) that the broker's stop lands mid-stream.
+  policy: {{ rate_limit: {{ records_per_second: 2000 }} }}
 batch: {{ max_records: 200 }}
 defaults:
   policy:
@@ -340,31 +445,64 @@ defaults:
 "
         ),
     );
-    let mut child = s.spawn(&["p.yaml", "--progress", "0s"]);
+    // Logs go to a file (an outage logs more than a pipe holds), with progress lines: the
+    // host's own count of what it had written when the broker went away.
+    let mut child = s.spawn_logged(&["p.yaml", "--progress", "100ms"], "host.log");
     wait_for("some messages relayed", Duration::from_secs(60), || {
         message_count(q_out) > 2_000
     });
+    let written_while_down;
     {
         let _stopped = BrokerRestart::stop();
         assert!(
             std::net::TcpStream::connect("127.0.0.1:5672").is_err(),
             "broker still up"
         );
+        // A progress line logged while the broker is down: nothing can be confirmed until it
+        // is back, so this is what was relayed before the stop (no duplicates yet: nothing
+        // has been redelivered).
+        let mark = progress(&s.read("host.log")).len();
+        wait_for(
+            "a progress line while the broker is down",
+            Duration::from_secs(30),
+            || progress(&s.read("host.log")).len() > mark,
+        );
+        written_while_down = progress(&s.read("host.log"))[mark].1;
         // Dropping the guard starts it again.
     }
+    let restarted = std::time::Instant::now();
+    assert!(
+        written_while_down < 20_000,
+        "the stream was complete before the broker stopped ({written_while_down} written)"
+    );
+    // Finished means every input message acknowledged: none ready, none held by the host (the
+    // output's count alone would include the duplicates the restart causes).
     wait_for(
         "the relay to finish after the restart",
         Duration::from_secs(180),
-        || message_count(q_in) == 0 && message_count(q_out) >= 20_000,
+        || ready_count(q_in) == 0 && held_by_broker(q_in) == 0,
+    );
+    assert!(message_count(q_out) >= 20_000);
+    eprintln!(
+        "broker stopped after {written_while_down} relayed; relay finished {:?} after the restart",
+        restarted.elapsed()
     );
     signal(&child, libc::SIGTERM);
     let status = wait_exit(&mut child, Duration::from_secs(30));
-    let err = stderr_of(&mut child);
-    assert!(status.success(), "{err}");
+    let err = s.read("host.log");
+    assert!(status.success(), "{}", s.tail("host.log", 40));
+    // Once the host is gone, nothing came back to the input queue.
+    assert_eq!(message_count(q_in), 0, "input not all acknowledged");
+    let summary = finished_once(&err);
+    assert!(
+        summary.written >= 20_000 && summary.written > written_while_down,
+        "{summary:?}; {written_while_down} written before the stop"
+    );
     let mut got = consume(q_out, usize::MAX);
     got.sort();
     got.dedup();
     assert_eq!(got.len(), 20_000, "messages lost across the broker restart");
+    assert_eq!(got, expected("m", 20_000));
     assert!(
         err.contains("reconnecting") || err.contains("cannot connect"),
         "{err}"
@@ -507,6 +645,7 @@ fn amqps_with_a_private_ca_and_separate_credentials_in_both_directions() {
     lines.sort();
     lines.dedup();
     assert_eq!(lines.len(), 5000);
+    assert_eq!(lines, expected("in-", 5000));
     assert_eq!(message_count(q_in), 0);
 
     // Without the CA the broker's certificate is not trusted: a clear config error, at once,

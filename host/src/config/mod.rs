@@ -12,6 +12,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// The most records a batch may hold: the host and every plugin allocate for a batch.
+pub const MAX_BATCH_RECORDS: usize = 1_000_000;
+/// The most batches queued between two stages.
+pub const MAX_BATCH_BUFFER: usize = 10_000;
+
 pub use diagnostic::Diagnostic;
 pub use interpolate::{interpolate, Interpolated, InterpolationError};
 pub use locate::KeyPositions;
@@ -352,18 +357,24 @@ impl PipelineFile {
                 "use letters, digits, `-`, `_` and `.`: the name names the offset file",
             ));
         }
-        if s.batch.max_records == 0 {
+        if !(1..=MAX_BATCH_RECORDS).contains(&s.batch.max_records) {
             return Err(self.error_at(
                 "batch.max_records",
-                "`max_records` must be at least 1",
+                format!(
+                    "`max_records` is {}: it must be from 1 to {MAX_BATCH_RECORDS}",
+                    s.batch.max_records
+                ),
                 "a typical value is 500 to 5000",
             ));
         }
-        if s.batch.buffer == 0 {
+        if !(1..=MAX_BATCH_BUFFER).contains(&s.batch.buffer) {
             return Err(self.error_at(
                 "batch.buffer",
-                "`buffer` must be at least 1",
-                "it is the number of batches queued between two stages",
+                format!(
+                    "`buffer` is {}: it must be from 1 to {MAX_BATCH_BUFFER}",
+                    s.batch.buffer
+                ),
+                "it is the number of batches queued between two stages; 2 to 8 is plenty",
             ));
         }
         if s.errors.tolerance == Tolerance::All && s.errors.dead_letter.is_none() {
@@ -428,6 +439,18 @@ mod tests {
         let e = parse(&format!("{GOOD}errors: {{ tolerance: all }}\n")).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("errors.tolerance"));
         assert_eq!(e.line, Some(9));
+    }
+
+    #[test]
+    fn sizes_past_their_bounds_are_refused_at_validation() {
+        for (key, yaml) in [
+            ("batch.buffer", "batch: { buffer: 18446744073709551615 }"),
+            ("batch.max_records", "batch: { max_records: 4294967296 }"),
+        ] {
+            let e = parse(&format!("{GOOD}{yaml}\n")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{e}");
+            assert!(e.to_string().contains("it must be from 1 to"), "{e}");
+        }
     }
 
     #[test]

@@ -346,9 +346,7 @@ impl Sink for HttpSink {
                 "must be more than 0, e.g. `10s`",
             ));
         }
-        if config.concurrency == 0 {
-            return Err(ConfigError::new("concurrency", "must be at least 1"));
-        }
+        ConfigError::check_range("concurrency", config.concurrency, 1..=1024)?;
         if config.max_batch_records == Some(0) {
             return Err(ConfigError::new(
                 "max_batch_records",

@@ -130,12 +130,8 @@ impl Source for HttpSource {
                 "is empty; set it (e.g. `token: ${INGEST_TOKEN}`) or remove it to accept requests without a token",
             ));
         }
-        if config.max_body_bytes == 0 {
-            return Err(ConfigError::new("max_body_bytes", "must be at least 1"));
-        }
-        if config.queue_records == 0 {
-            return Err(ConfigError::new("queue_records", "must be at least 1"));
-        }
+        ConfigError::check_range("max_body_bytes", config.max_body_bytes, 1..=1 << 30)?;
+        ConfigError::check_range("queue_records", config.queue_records, 1..=10_000_000)?;
         if config.delivery_timeout.is_zero() {
             return Err(ConfigError::new(
                 "delivery_timeout",

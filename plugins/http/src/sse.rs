@@ -113,9 +113,8 @@ impl Sink for SseSink {
     fn validate(config: &Config) -> Result<(), ConfigError> {
         server::validate_listen(&config.address, config.tls.as_ref())?;
         server::validate_path(&config.path)?;
-        if config.client_buffer == 0 {
-            return Err(ConfigError::new("client_buffer", "must be at least 1"));
-        }
+        ConfigError::check_range("client_buffer", config.client_buffer, 1..=1_000_000)?;
+        ConfigError::check_range("replay_buffer", config.replay_buffer, 0..=10_000_000)?;
         if config.keep_alive.is_zero() {
             return Err(ConfigError::new(
                 "keep_alive",

@@ -340,9 +340,7 @@ impl Source for KafkaSource {
         if config.group.trim().is_empty() {
             return Err(ConfigError::new("group", "name the consumer group"));
         }
-        if config.buffer == 0 {
-            return Err(ConfigError::new("buffer", "must be at least 1"));
-        }
+        ConfigError::check_range("buffer", config.buffer, 1..=1_000_000)?;
         Ok(())
     }
 

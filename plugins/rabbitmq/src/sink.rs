@@ -268,9 +268,7 @@ impl Sink for RabbitSink {
             config.tls.as_ref(),
         )?;
         Template::parse("routing_key", &config.routing_key)?;
-        if config.confirm_window == 0 {
-            return Err(ConfigError::new("confirm_window", "must be at least 1"));
-        }
+        ConfigError::check_range("confirm_window", config.confirm_window, 1..=1_000_000)?;
         if config.declare.is_some() && config.exchange.is_empty() {
             return Err(ConfigError::new(
                 "declare",
