@@ -1141,3 +1141,93 @@ fn redirects_and_refused_credentials_stop_the_pipeline_with_a_clear_error() {
     assert_eq!(*gets.lock().unwrap(), 0, "the redirect was not followed");
     server.stop();
 }
+
+#[test]
+fn sse_event_ids_go_on_across_a_restart_so_a_resuming_client_misses_nothing() {
+    let s = Scratch::new();
+    let (in_port, sse_port) = (free_port(), free_port());
+    s.write(
+        "p.yaml",
+        &format!(
+            r#"
+name: sse-restart
+source: {{ plugin: http, config: {{ address: 127.0.0.1:{in_port}, path: /in }} }}
+sink:
+  plugin: sse
+  config: {{ address: 127.0.0.1:{sse_port}, replay_buffer: 10000, keep_alive: 100ms }}
+batch: {{ max_records: 100, max_wait: 5ms }}
+"#
+        ),
+    );
+    let events = format!("http://127.0.0.1:{sse_port}/events");
+    let ingest = format!("http://127.0.0.1:{in_port}/in");
+    let post = |from: u64, to: u64| {
+        let body: String = (from..to).map(|i| change(i) + "\n").collect();
+        let f = s.write(&format!("b{from}.ndjson"), &body);
+        let (code, resp) = post_file(&ingest, &f, &[]);
+        assert_eq!(code, 200, "{resp}");
+    };
+    let run = |log: &str| {
+        let child = s.spawn_logged(&["p.yaml", "--progress", "0s"], log);
+        wait_port(in_port);
+        wait_port(sse_port);
+        child
+    };
+
+    let mut first = run("first.log");
+    let client = SseClient::start(&s, "first.sse", &events, &[]);
+    post(0, 200);
+    wait_for("the first run's events", Duration::from_secs(30), || {
+        client.events().len() >= 200
+    });
+    let seen = client.stop();
+    let last = seen.last().unwrap().0;
+    signal(&first, libc::SIGTERM);
+    let status = wait_exit(&mut first, Duration::from_secs(30));
+    assert!(status.success(), "{}", s.read("first.log"));
+
+    // A new run: fewer events than the client had seen, so ids restarting at 1 would all be
+    // at or below its Last-Event-ID and it would get none of them.
+    let mut second = run("second.log");
+    post(200, 300);
+    let back = SseClient::start(
+        &s,
+        "back.sse",
+        &events,
+        &[&format!("Last-Event-ID: {last}")],
+    );
+    wait_for("the second run's events", Duration::from_secs(30), || {
+        back.events().len() >= 100
+    });
+    let got = back.stop();
+    let ids: Vec<u64> = got
+        .iter()
+        .map(|(_, d)| field(d, "id").as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, (200..300).collect::<Vec<u64>>());
+    assert!(
+        got[0].0 > last,
+        "event ids went back: {} after {last}",
+        got[0].0
+    );
+
+    // The largest id a client can send neither wraps nor fails: it just has nothing to replay.
+    let max = SseClient::start(
+        &s,
+        "max.sse",
+        &events,
+        &[&format!("Last-Event-ID: {}", u64::MAX)],
+    );
+    post(300, 301);
+    wait_for(
+        "the live event after u64::MAX",
+        Duration::from_secs(30),
+        || !max.events().is_empty(),
+    );
+    let got = max.stop();
+    assert_eq!(got.len(), 1);
+    assert_eq!(field(&got[0].1, "id"), 300);
+    signal(&second, libc::SIGTERM);
+    let status = wait_exit(&mut second, Duration::from_secs(30));
+    assert!(status.success(), "{}", s.read("second.log"));
+}

@@ -5,6 +5,7 @@
 
 mod diagnostic;
 mod interpolate;
+pub mod limits;
 mod locate;
 
 use std::path::{Path, PathBuf};
@@ -271,14 +272,7 @@ pub struct PipelineFile {
 impl PipelineFile {
     /// Reads, interpolates from the process environment, parses and checks a pipeline file.
     pub fn load(path: &Path) -> Result<PipelineFile, Diagnostic> {
-        let text = std::fs::read_to_string(path).map_err(|e| Diagnostic {
-            file: path.to_path_buf(),
-            line: None,
-            column: None,
-            key: None,
-            message: format!("cannot read the pipeline file: {e}"),
-            hint: "check the path and its permissions".into(),
-        })?;
+        let text = limits::read(path)?;
         Self::parse(path, &text, |name| std::env::var(name).ok())
     }
 
@@ -288,6 +282,7 @@ impl PipelineFile {
         text: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<PipelineFile, Diagnostic> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let interpolated = interpolate(text, env).map_err(|e| Diagnostic {
             file: path.to_path_buf(),
             line: Some(e.line),
@@ -295,6 +290,12 @@ impl PipelineFile {
             key: None,
             message: e.message,
             hint: e.hint,
+        })?;
+        limits::check_depth(path, &interpolated.text).map_err(|mut d| {
+            if let (Some(line), Some(column)) = (d.line, d.column) {
+                d.column = Some(interpolated.original_column(line, column));
+            }
+            d
         })?;
         let spec: PipelineSpec = serde_yaml::from_str(&interpolated.text).map_err(|e| {
             let (line, column) = match e.location() {

@@ -31,11 +31,37 @@ fn kind_for(role: StageRole) -> ComponentKind {
 /// Resolves and validates every stage of a pipeline file against the registry.
 pub fn resolve(file: &PipelineFile, registry: &Registry) -> Result<Vec<ResolvedStage>, Diagnostic> {
     check_policy(file, "defaults.policy", &file.spec.defaults.policy)?;
-    file.spec
+    let stages = file
+        .spec
         .stages()
         .into_iter()
         .map(|(role, spec)| resolve_stage(file, registry, role, spec))
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(source) = stages.iter().find(|s| s.role == StageRole::Source) {
+        check_poll_fits_timeout(file, &source.policy)?;
+    }
+    Ok(stages)
+}
+
+/// A poll may wait `batch.max_wait` for records, so the source's call timeout must leave it
+/// room: at `max_wait` ≥ timeout an idle source times out on every poll and its instance is
+/// replaced again and again. Half the timeout is the most `max_wait` may be.
+fn check_poll_fits_timeout(file: &PipelineFile, source: &ResolvedPolicy) -> Result<(), Diagnostic> {
+    let timeout = source.timeout.unwrap_or(policy::DEFAULT_TIMEOUT);
+    let max_wait = file.spec.batch.max_wait;
+    if max_wait.saturating_mul(2) > timeout {
+        return Err(file.error_at(
+            "batch.max_wait",
+            format!(
+                "`max_wait` is {}, more than half the source's call timeout ({}): an idle \
+                 source's poll waits that long and would time out",
+                humantime::format_duration(max_wait),
+                humantime::format_duration(timeout)
+            ),
+            "lower batch.max_wait, or raise source.policy.timeout to at least twice it",
+        ));
+    }
+    Ok(())
 }
 
 fn resolve_stage(

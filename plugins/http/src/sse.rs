@@ -126,7 +126,7 @@ impl Sink for SseSink {
 
     fn open(config: Config, ctx: SinkContext) -> Result<Self, PluginError> {
         let hub = Arc::new(Mutex::new(Hub {
-            next_id: 1,
+            next_id: first_event_id(),
             replay: VecDeque::with_capacity(config.replay_buffer.min(100_000)),
             replay_cap: config.replay_buffer,
             client_buffer: config.client_buffer,
@@ -212,6 +212,19 @@ impl Sink for SseSink {
     }
 }
 
+/// Event ids go on from one run to the next: a run's first id is the time its sink opened, in
+/// microseconds since the Unix epoch, and each event adds one. A client that resumes with an id
+/// from an earlier run therefore gets every event of this run still in the replay buffer (ids
+/// that restarted at 1 made it skip as many new events as it had seen before). This holds while
+/// a run sends fewer events than the microseconds until the next one starts (a million a
+/// second, sustained) and the clock does not go back.
+fn first_event_id() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
+        .max(1)
+}
+
 async fn subscribe(
     State((hub, keep_alive)): State<(Arc<Mutex<Hub>>, Duration)>,
     Query(params): Query<Vec<(String, String)>>,
@@ -254,7 +267,10 @@ async fn subscribe(
         }
         let replay: Vec<Arc<Event>> = match last {
             Some(last) => {
-                if h.replay.front().is_some_and(|e| e.id > last + 1) {
+                if h.replay
+                    .front()
+                    .is_some_and(|e| e.id > last.saturating_add(1))
+                {
                     tracing::info!(
                         last_event_id = last,
                         oldest = h.replay.front().map(|e| e.id),

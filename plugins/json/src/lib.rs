@@ -15,6 +15,8 @@
 //! nested objects. A record whose value is not JSON, or not an object when a field operation
 //! needs one, is rejected (dead-lettered with `errors.tolerance: all`). Records filtered out
 //! are dropped on purpose: they count as delivered and their positions are acknowledged.
+//! Values the transform does not touch keep their exact bytes (see `doc`); a path through a
+//! value that is not an object rejects the record rather than replacing that value.
 
 use orbit_plugin_api::{
     export_plugin, ConfigError, PluginBuilder, PluginError, Record, Transform, TransformContext,
@@ -22,6 +24,8 @@ use orbit_plugin_api::{
 };
 use serde::Deserialize;
 use serde_json::{Map, Value};
+
+mod doc;
 
 /// `old: new` pairs; a JSON object keeps the order the user wrote (serde_json's
 /// `preserve_order`).
@@ -88,8 +92,9 @@ impl Condition {
         Ok(())
     }
 
-    fn holds(&self, doc: &Value) -> bool {
-        let v = get(doc, &self.field);
+    fn holds(&self, fields: &doc::Fields<'_>) -> bool {
+        let v = doc::get(fields, &self.field);
+        let v = v.as_ref();
         if let Some(e) = self.exists {
             return v.is_some() == e;
         }
@@ -113,80 +118,70 @@ impl Condition {
     }
 }
 
-fn get<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.').try_fold(doc, |v, k| v.get(k))
-}
-
-fn remove(doc: &mut Map<String, Value>, path: &str) -> Option<Value> {
-    match path.split_once('.') {
-        None => doc.shift_remove(path),
-        Some((head, rest)) => match doc.get_mut(head) {
-            Some(Value::Object(inner)) => remove(inner, rest),
-            _ => None,
-        },
-    }
-}
-
-fn insert(doc: &mut Map<String, Value>, path: &str, value: Value) {
-    match path.split_once('.') {
-        None => {
-            doc.insert(path.to_string(), value);
-        }
-        Some((head, rest)) => {
-            let inner = doc
-                .entry(head.to_string())
-                .or_insert_with(|| Value::Object(Map::new()));
-            if !inner.is_object() {
-                *inner = Value::Object(Map::new());
-            }
-            if let Value::Object(m) = inner {
-                insert(m, rest, value);
-            }
-        }
-    }
-}
-
 pub struct Json {
     config: Config,
+    /// `set`'s values as raw JSON, written as they are into each record.
+    set: Vec<(String, doc::Raw<'static>)>,
     edits: bool,
 }
 
 impl Json {
     /// The new value of one record, `None` to drop it, or why it is rejected.
     fn apply(&self, value: &[u8]) -> Result<Option<Vec<u8>>, String> {
-        let mut doc: Value =
-            serde_json::from_slice(value).map_err(|e| format!("value is not JSON: {e}"))?;
-        if let Some(c) = &self.config.keep_if {
-            if !c.holds(&doc) {
-                return Ok(None);
+        let text = std::str::from_utf8(value)
+            .map_err(|e| format!("value is not JSON: it is not UTF-8 ({e})"))?;
+        let mut fields = match doc::parse(text) {
+            Ok(fields) => fields,
+            Err(doc::ParseError::NotJson(e)) => return Err(format!("value is not JSON: {e}")),
+            Err(doc::ParseError::NotAnObject) => {
+                // Conditions see no field in an array or a scalar; edits need an object.
+                serde_json::from_str::<&serde_json::value::RawValue>(text)
+                    .map_err(|e| format!("value is not JSON: {e}"))?;
+                if !self.keeps(&doc::Fields::new()) {
+                    return Ok(None);
+                }
+                if self.edits {
+                    return Err("value is JSON but not an object; fields cannot be edited".into());
+                }
+                return Ok(Some(value.to_vec()));
             }
-        }
-        if let Some(c) = &self.config.drop_if {
-            if c.holds(&doc) {
-                return Ok(None);
-            }
+        };
+        if !self.keeps(&fields) {
+            return Ok(None);
         }
         if !self.edits {
             return Ok(Some(value.to_vec()));
         }
-        let Value::Object(map) = &mut doc else {
-            return Err("value is JSON but not an object; fields cannot be edited".into());
-        };
         for (from, to) in &self.config.rename {
-            if let Some(v) = remove(map, from) {
-                insert(map, to, v);
+            if let Some(v) = doc::remove(&mut fields, from) {
+                doc::insert(&mut fields, to, v)?;
             }
         }
         for path in &self.config.drop {
-            remove(map, path);
+            doc::remove(&mut fields, path);
         }
-        for (path, v) in &self.config.set {
-            insert(map, path, v.clone());
+        for (path, v) in &self.set {
+            doc::insert(&mut fields, path, v.clone())?;
         }
-        // Sized for the usual case (a few fields added) so serialization does not reallocate.
+        // Sized for the usual case (a few fields added) so writing does not reallocate.
         let mut out = Vec::with_capacity(value.len() + value.len() / 4 + 32);
-        serde_json::to_writer(&mut out, &doc).map_err(|e| format!("cannot serialize: {e}"))?;
+        doc::write(&fields, &mut out);
         Ok(Some(out))
+    }
+
+    /// Whether `keep_if` and `drop_if` let the record through.
+    fn keeps(&self, fields: &doc::Fields<'_>) -> bool {
+        if let Some(c) = &self.config.keep_if {
+            if !c.holds(fields) {
+                return false;
+            }
+        }
+        if let Some(c) = &self.config.drop_if {
+            if c.holds(fields) {
+                return false;
+            }
+        }
+        true
     }
 }
 
@@ -216,7 +211,12 @@ impl Transform for Json {
 
     fn open(config: Config, _ctx: TransformContext) -> Result<Self, PluginError> {
         let edits = !(config.set.is_empty() && config.rename.is_empty() && config.drop.is_empty());
-        Ok(Json { config, edits })
+        let set = config
+            .set
+            .iter()
+            .map(|(path, v)| (path.clone(), doc::from_config(v)))
+            .collect();
+        Ok(Json { config, set, edits })
     }
 
     fn process(&mut self, batch: &[Record], out: &mut TransformOutput) -> Result<(), PluginError> {
@@ -284,6 +284,29 @@ mod tests {
         let t = json(r#"{"set":{"a":1}}"#);
         assert!(run(&t, "not json").unwrap_err().contains("not JSON"));
         assert!(run(&t, "[1]").unwrap_err().contains("not an object"));
+    }
+
+    #[test]
+    fn setting_one_field_leaves_every_other_value_as_it_was() {
+        let t = json(r#"{"set":{"tag":"x"}}"#);
+        let input = r#"{"a":12345678901234567890123,"b":-9223372036854775809,"c":0.1000000000000000055511151231257827,"d":1e2}"#;
+        let out = run(&t, input).unwrap().unwrap();
+        assert_eq!(
+            out,
+            format!("{},\"tag\":\"x\"}}", &input[..input.len() - 1])
+        );
+    }
+
+    #[test]
+    fn a_path_through_a_scalar_rejects_the_record_instead_of_replacing_it() {
+        let t = json(r#"{"set":{"a.b":1}}"#);
+        let e = run(&t, r#"{"a":5}"#).unwrap_err();
+        assert!(e.contains("`a` is a number, not an object"), "{e}");
+        let t = json(r#"{"rename":{"x":"a.b"}}"#);
+        assert!(run(&t, r#"{"a":"s","x":1}"#).is_err());
+        // Filters alone still pass arrays through; edits need an object.
+        let t = json(r#"{"drop_if":{"field":"a","exists":true}}"#);
+        assert_eq!(run(&t, "[1, 2]").unwrap().unwrap(), "[1, 2]");
     }
 
     #[test]
