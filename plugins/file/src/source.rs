@@ -1,4 +1,13 @@
 //! `file` source: one record per line.
+//!
+//! A record's offset names the file it was read from (device, inode, fingerprint of the first
+//! bytes: [`offset`]) and the position after its line. On open the stored offset is checked
+//! against the file now at the path ([`identity::resume`]); in follow mode the file is watched
+//! for truncation and replacement ([`follow`]).
+
+mod follow;
+mod identity;
+mod offset;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
@@ -8,6 +17,8 @@ use std::time::{Duration, Instant};
 use orbit_plugin_api::{ConfigError, PluginError, Record, Source, SourceBatch, SourceContext};
 use serde::Deserialize;
 
+use self::identity::{FileId, Head, HEAD_LEN};
+use self::offset::Offset;
 use crate::envelope::{self, Format};
 
 #[derive(Debug, Deserialize)]
@@ -35,10 +46,23 @@ fn default_poll_interval() -> Duration {
 /// What the source reads: the file (a trait object, so tests can inject read errors).
 type Input = Box<dyn Read + Send>;
 
+const READ_BUFFER: usize = 256 * 1024;
+
+/// The file being read, kept to check in follow mode whether the path still names it.
+struct Tracked {
+    /// A handle on the same open file as the reader's (same file position).
+    file: File,
+    id: FileId,
+}
+
 pub struct FileSource {
     path: PathBuf,
     stream: String,
     reader: BufReader<Input>,
+    /// The file behind `reader`; `None` for an input injected by a test.
+    tracked: Option<Tracked>,
+    /// The file's first bytes as far as they were delivered: its fingerprint in the offsets.
+    head: Head,
     /// Byte position of the start of `partial` (or of the next line).
     position: u64,
     /// Bytes of a line whose newline has not been written yet (follow mode).
@@ -52,6 +76,13 @@ pub struct FileSource {
     /// the next poll reports the error (the reader has moved past them; dropping the batch
     /// would lose them behind a position that then skips them).
     held_error: Option<PluginError>,
+    /// Follow mode: the path names another file now; this one is read to its end first.
+    rotating: bool,
+    /// Follow mode: the path was found missing (logged once until it is back).
+    path_gone: bool,
+    /// Follow mode: the source reached the end and waited; the file is checked again before
+    /// the next line is taken.
+    waited: bool,
 }
 
 fn io_error(path: &std::path::Path, what: &str, e: std::io::Error) -> PluginError {
@@ -76,40 +107,43 @@ impl Source for FileSource {
 
     fn open(config: Config, ctx: SourceContext) -> Result<Self, PluginError> {
         let stream = config.path.display().to_string();
-        let file =
-            File::open(&config.path).map_err(|e| io_error(&config.path, "cannot open", e))?;
-        let len = file
+        let path = config.path.clone();
+        let mut file = File::open(&path).map_err(|e| io_error(&path, "cannot open", e))?;
+        let meta = file
             .metadata()
-            .map_err(|e| io_error(&config.path, "cannot stat", e))?
-            .len();
-        let mut position = match ctx.offset(&stream, 0) {
-            Some(b) => u64::from_be_bytes(
-                b.try_into()
-                    .map_err(|_| PluginError::fatal("stored offset is not a file position"))?,
-            ),
-            None => 0,
-        };
-        if position > len {
+            .map_err(|e| io_error(&path, "cannot stat", e))?;
+        let id = FileId::of(&meta);
+        let stored = ctx
+            .offset(&stream, 0)
+            .map(offset::decode)
+            .transpose()
+            .map_err(|e| {
+                PluginError::fatal(format!(
+                    "{}: {e}; move the pipeline's offset file away to read the file from its \
+                     start",
+                    path.display()
+                ))
+            })?;
+        let resume = identity::resume(stored, &file, id, meta.len(), config.follow)
+            .map_err(|e| io_error(&path, "cannot read", e))?;
+        if let Some(why) = &resume.restart_reason {
             tracing::warn!(
-                file = %config.path.display(),
-                stored = position,
-                length = len,
-                "the file is shorter than the stored position (truncated or replaced); reading it from the start"
+                file = %path.display(),
+                "{}: {why}; reading it from the start",
+                path.display()
             );
-            position = 0;
+        } else if resume.position > 0 {
+            tracing::info!(file = %path.display(), position = resume.position, "resuming");
         }
-        let mut file = file;
-        file.seek(SeekFrom::Start(position))
-            .map_err(|e| io_error(&config.path, "cannot seek in", e))?;
-        if position > 0 {
-            tracing::info!(file = %config.path.display(), position, "resuming");
-        }
-        Ok(FileSource::reading(
-            config,
-            stream,
-            Box::new(file),
-            position,
-        ))
+        file.seek(SeekFrom::Start(resume.position))
+            .map_err(|e| io_error(&path, "cannot seek in", e))?;
+        let input = file
+            .try_clone()
+            .map_err(|e| io_error(&path, "cannot open", e))?;
+        let mut source = FileSource::reading(config, stream, Box::new(input), resume.position);
+        source.tracked = Some(Tracked { file, id });
+        source.head = Head::new(resume.head);
+        Ok(source)
     }
 
     fn poll(&mut self, max_records: usize, max_wait: Duration) -> Result<SourceBatch, PluginError> {
@@ -138,11 +172,26 @@ impl Source for FileSource {
                     batch.end_of_stream();
                     break;
                 }
+                // Truncated, rewritten or replaced? Then read on at once.
+                match self.watch(&mut batch) {
+                    Ok(true) => continue,
+                    Ok(false) => self.waited = true,
+                    Err(e) => return self.held(batch, e),
+                }
                 if !batch.is_empty() || Instant::now() >= deadline {
                     break;
                 }
                 std::thread::sleep(self.poll_interval.min(deadline - Instant::now()));
                 continue;
+            }
+            if self.waited {
+                // The first line after waiting at the end: was the file rewritten meanwhile?
+                self.waited = false;
+                match self.read_again_if_rewritten() {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => return self.held(batch, e),
+                }
             }
             if let Err(e) = self.emit(&mut batch) {
                 return self.held(batch, e);
@@ -157,7 +206,9 @@ impl FileSource {
         FileSource {
             path: config.path,
             stream,
-            reader: BufReader::with_capacity(256 * 1024, input),
+            reader: BufReader::with_capacity(READ_BUFFER, input),
+            tracked: None,
+            head: Head::default(),
             position,
             partial: Vec::new(),
             follow: config.follow,
@@ -165,6 +216,9 @@ impl FileSource {
             format: config.format,
             line_number: if position == 0 { 1 } else { 0 },
             held_error: None,
+            rotating: false,
+            path_gone: false,
+            waited: false,
         }
     }
 
@@ -186,6 +240,9 @@ impl FileSource {
         let start = self.position;
         self.position += self.partial.len() as u64;
         let mut line = std::mem::take(&mut self.partial);
+        if self.head.bytes().len() < HEAD_LEN {
+            self.head.extend(&line);
+        }
         if line.last() == Some(&b'\n') {
             line.pop();
             if line.last() == Some(&b'\r') {
@@ -197,6 +254,7 @@ impl FileSource {
             Format::Envelope => envelope::parse(&line).map_err(|reason| {
                 // Nothing is skipped silently: stop here, naming the line, and resume at it.
                 self.position = start;
+                self.head.truncate(start);
                 let at = if self.line_number > 0 {
                     format!("line {}", self.line_number)
                 } else {
@@ -212,7 +270,12 @@ impl FileSource {
         if self.line_number > 0 {
             self.line_number += 1;
         }
-        batch.push(record.with_position(self.stream.as_str(), 0, self.position.to_be_bytes()));
+        let offset = Offset {
+            file: self.tracked.as_ref().map(|t| t.id).unwrap_or_default(),
+            fingerprint: self.head.fingerprint(),
+            position: self.position,
+        };
+        batch.push(record.with_position(self.stream.as_str(), 0, offset.encode()));
         Ok(())
     }
 }
@@ -273,8 +336,14 @@ mod tests {
             ["cc", "d"],
             "the retry continues where the error struck"
         );
-        let end = |b: &SourceBatch| b.records().last().unwrap().position().offset.to_vec();
-        assert_eq!(end(&first), 4u64.to_be_bytes(), "position after `a\\nb\\n`");
-        assert_eq!(end(&rest), 9u64.to_be_bytes(), "every byte accounted for");
+        let end =
+            |b: &SourceBatch| match offset::decode(&b.records().last().unwrap().position().offset)
+                .unwrap()
+            {
+                offset::Stored::Current(o) => o.position,
+                legacy => panic!("{legacy:?}"),
+            };
+        assert_eq!(end(&first), 4, "position after `a\\nb\\n`");
+        assert_eq!(end(&rest), 9, "every byte accounted for");
     }
 }
