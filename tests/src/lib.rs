@@ -1,6 +1,8 @@
 //! Helpers for end-to-end tests: build the workspace once, run `orbit-host` in a scratch
 //! directory, wait for conditions with a deadline (never a bare sleep), read outputs.
 
+pub mod raw_http;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};

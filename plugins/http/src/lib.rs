@@ -33,10 +33,16 @@
 //!
 //! # `http` source
 //! * **Transient failure**: when the pipeline cannot take a request (queue full, shutting
-//!   down, or not delivered within `delivery_timeout`) the client gets 503 with `Retry-After`
-//!   and should send the request again.
+//!   down, not delivered within `delivery_timeout`, no room in `max_buffered_bytes` within
+//!   `read_timeout`, more than `max_connections` connections) the client gets 503 with
+//!   `Retry-After` and should send the request again.
 //! * **Permanent failure**: a malformed body gets 400 with the reason (line and column) and
-//!   nothing of it is ingested; too large a body 413; a wrong token 401.
+//!   nothing of it is ingested; too large a body 413 (a `Content-Length` over `max_body_bytes`
+//!   before a byte is read); a body not received within `read_timeout` 408.
+//! * **Authorization** is decided from the headers: a missing or wrong token gets 401 at once
+//!   and the connection is closed, its body never read. `Bearer` is matched in any case, the
+//!   token compared in constant time; refusals are logged at warn with the client's address
+//!   and the reason, never the token, at most one line per 10 s (counting the others).
 //! * **Duplicates**: with `ack_mode: delivered`, 200 means every record of the request was
 //!   written (or dead-lettered); a 503 after a delivery timeout or at shutdown may come for
 //!   records that are still delivered, so a client resending gets duplicates of that request.
@@ -56,10 +62,16 @@
 //!   events after that id again. **Dedup key**: the event `id` (increasing, per sink instance:
 //!   ids restart at 1 when the host restarts).
 
+mod auth;
+mod body;
+mod connections;
+mod ingest;
 mod server;
 pub mod sink;
 pub mod source;
 pub mod sse;
+mod throttle;
+mod trim;
 
 use orbit_plugin_api::{export_plugin, PluginBuilder};
 

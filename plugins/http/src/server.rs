@@ -11,10 +11,14 @@ use std::time::Duration;
 use axum::Router;
 use axum_server::tls_rustls::RustlsConfig;
 use axum_server::Handle;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
 use orbit_plugin_api::{runtime, ConfigError, PluginError};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
+
+use crate::connections::Limited;
 
 /// `tls: { cert_file, key_file }`: serve HTTPS instead of plain HTTP.
 #[derive(Debug, Clone, Deserialize)]
@@ -113,6 +117,23 @@ pub fn tls_config(t: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, PluginError
     Ok(Arc::new(config))
 }
 
+/// Bounds on what clients may hold: connections, and the time to send a request's headers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// At most this many connections at once; more get 503 and are closed.
+    pub max_connections: Option<usize>,
+    /// A TLS handshake, the first bytes of a connection's first request, then a request's
+    /// headers must each arrive within this time (after the handshake, after the first bytes,
+    /// after the previous answer); the connection is closed otherwise. An idle keep-alive
+    /// connection is closed after it too. Set, it also limits the server to HTTP/1.
+    pub header_timeout: Option<Duration>,
+    /// The `Retry-After` of the 503 to connections over `max_connections`.
+    pub retry_after: Duration,
+    /// hyper's buffer for a connection, at most (from 8192): a request's head must fit in it,
+    /// and bodies are read in pieces of at most this size. hyper's default is ~400 KiB.
+    pub connection_buffer: Option<usize>,
+}
+
 /// A running server. Dropping it stops it at once; [`Server::shutdown`] stops it gracefully.
 pub struct Server {
     handle: Handle,
@@ -125,6 +146,7 @@ pub fn start(
     address: &str,
     tls: Option<&TlsFiles>,
     router: Router,
+    limits: Limits,
 ) -> Result<Server, PluginError> {
     let tls = tls.map(tls_config).transpose()?;
     let addr = address
@@ -157,7 +179,18 @@ pub fn start(
     let scheme = if tls.is_some() { "https" } else { "http" };
     let task = match tls {
         None => {
-            let server = axum_server::from_tcp(listener).handle(handle.clone());
+            let mut server = axum_server::from_tcp(listener)
+                .handle(handle.clone())
+                .map(|plain| {
+                    Limited::new(
+                        what,
+                        plain,
+                        limits.max_connections,
+                        limits.header_timeout,
+                        limits.retry_after,
+                    )
+                });
+            configure(server.http_builder(), &limits);
             runtime().spawn(async move {
                 if let Err(e) = server.serve(service).await {
                     tracing::error!("{what}: server stopped: {e}");
@@ -165,8 +198,23 @@ pub fn start(
             })
         }
         Some(config) => {
-            let server = axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(config))
-                .handle(handle.clone());
+            let mut server =
+                axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(config))
+                    .handle(handle.clone())
+                    .map(|tls| {
+                        let tls = match limits.header_timeout {
+                            Some(t) => tls.handshake_timeout(t),
+                            None => tls,
+                        };
+                        Limited::new(
+                            what,
+                            tls,
+                            limits.max_connections,
+                            limits.header_timeout,
+                            limits.retry_after,
+                        )
+                    });
+            configure(server.http_builder(), &limits);
             runtime().spawn(async move {
                 if let Err(e) = server.serve(service).await {
                     tracing::error!("{what}: server stopped: {e}");
@@ -179,6 +227,16 @@ pub fn start(
         handle,
         task: Some(task),
     })
+}
+
+fn configure(builder: &mut auto::Builder<TokioExecutor>, limits: &Limits) {
+    let mut http1 = builder.http1();
+    if let Some(n) = limits.connection_buffer {
+        http1.max_buf_size(n.max(8192));
+    }
+    if let Some(t) = limits.header_timeout {
+        http1.timer(TokioTimer::new()).header_read_timeout(t);
+    }
 }
 
 impl Server {

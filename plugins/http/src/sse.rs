@@ -138,7 +138,13 @@ impl Sink for SseSink {
         let router = Router::new()
             .route(&config.path, get(subscribe))
             .with_state((hub.clone(), keep_alive));
-        let server = server::start("sse sink", &config.address, config.tls.as_ref(), router)?;
+        let server = server::start(
+            "sse sink",
+            &config.address,
+            config.tls.as_ref(),
+            router,
+            server::Limits::default(),
+        )?;
         tracing::info!(pipeline = %ctx.pipeline, path = %config.path, "sse sink ready");
         Ok(SseSink {
             hub,
