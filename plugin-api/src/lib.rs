@@ -20,6 +20,7 @@
 //!
 //! See docs/PLUGINS.md in the repository for a complete example.
 
+pub mod coerce;
 mod error;
 pub mod ffi;
 mod logging;

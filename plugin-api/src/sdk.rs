@@ -187,20 +187,15 @@ pub trait Sink: Send + Sized + 'static {
 // Config parsing
 
 /// Deserializes a component's JSON config into `C`, naming the path of the offending key.
+/// Strings holding numbers or booleans are accepted where `C` asks for one (a `${VAR}` in the
+/// pipeline file is always a string): see [`crate::coerce`].
 pub(crate) fn parse_config<C: DeserializeOwned>(json: &str) -> Result<C, ConfigError> {
-    let de = &mut serde_json::Deserializer::from_str(json);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| ConfigError::new(String::new(), format!("the config is not JSON: {e}")))?;
+    crate::coerce::from_value(value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
-        let inner = e.into_inner();
-        // serde_json appends the position in the JSON text, which means nothing to a user who
-        // wrote YAML; the host adds the YAML position instead.
-        let mut message = inner.to_string();
-        let suffix = format!(" at line {} column {}", inner.line(), inner.column());
-        if let Some(stripped) = message.strip_suffix(&suffix) {
-            message = stripped.to_string();
-        }
-        ConfigError::new(path, message)
+        ConfigError::new(path, e.into_inner().to_string())
     })
 }
 

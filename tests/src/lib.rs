@@ -237,10 +237,22 @@ pub fn progress(log: &str) -> Vec<(u64, u64)> {
 }
 
 /// Waits until `cond` holds, checking every 10 ms; panics with `what` after `timeout`.
-pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+pub fn wait_for(what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
+    wait_for_explained(what, timeout, cond, String::new)
+}
+
+/// [`wait_for`], with `explain()` (a log's tail, say) in the panic message on timeout.
+pub fn wait_for_explained(
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> bool,
+    explain: impl FnOnce() -> String,
+) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() >= deadline {
+            panic!("timed out waiting for {what}\n{}", explain());
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -63,7 +63,9 @@ fn malformed_yaml() {
         &GOOD.replace("  plugin: generate\n", "  plugin: [generate\n"),
         &[],
     );
-    assert!(err.contains("p.yaml:3:"), "{err}");
+    // Where the parser noticed, and where the unclosed bracket opened.
+    assert!(err.contains("p.yaml:4:9:"), "{err}");
+    assert!(err.contains("flow sequence at line 3 column 11"), "{err}");
 }
 
 #[test]
@@ -249,4 +251,46 @@ fn bad_policy_values_point_at_their_key() {
         err.contains("p.yaml:14:") && err.contains("at `defaults.policy.circuit_breaker.open_for`"),
         "{err}"
     );
+}
+
+/// `${VAR}` is the string it holds, never YAML (issue 14 item 5): a digits-only value stays a
+/// string (a file name here), a plugin's numeric key takes a string holding a number, a value
+/// with YAML syntax in it adds no key, and an error shows `${NAME}`, never the value.
+#[test]
+fn a_variable_is_the_string_it_holds_and_is_never_shown_in_an_error() {
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        "name: p\nsource:\n  plugin: generate\n  config: { count: ${COUNT} }\n\
+         sink:\n  plugin: file\n  config:\n    path: ${OUT} # ${NOT_EXPANDED}\n",
+    );
+    let run = |count: &str, out: &str| {
+        s.host(&["p.yaml"])
+            .env("COUNT", count)
+            .env("OUT", out)
+            .env_remove("NOT_EXPANDED")
+            .output()
+            .expect("orbit-host runs")
+    };
+    let ok = run("7", "123456789");
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    assert_eq!(
+        s.lines("123456789").len(),
+        7,
+        "the file named by the string"
+    );
+
+    for (count, out) in [
+        ("7 #8", "a.txt"),
+        ("9\", path: \"evil.txt", "b.txt"),
+        ("null", "c.txt"),
+    ] {
+        let bad = run(count, out);
+        let err = text(&bad.stderr);
+        assert!(!bad.status.success(), "COUNT={count:?} ran: {err}");
+        assert!(err.contains("p.yaml:4:"), "{err}");
+        assert!(err.contains("${COUNT}"), "{err}");
+        assert!(!err.contains(count), "the value is shown: {err}");
+        assert!(!s.path(out).exists() && !s.path("evil.txt").exists());
+    }
 }

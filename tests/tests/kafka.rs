@@ -443,13 +443,20 @@ fn kafka_json_kafka_keeps_order_within_each_partition() {
 fn sigkill_then_restart_delivers_everything_duplicates_only_past_the_commit() {
     let _g = serial();
     const N: usize = 100_000;
-    let (_broker, b) = broker_with_input(2, N);
+    let (broker, b) = broker_with_input(2, N);
     let s = Scratch::new();
-    // A slow sink (rate limit) so the kill lands mid-run.
+    // A slow sink (rate limit) so the kill lands mid-run. The killed member never leaves the
+    // group: the restarted one is assigned its partitions once the broker expires it, after
+    // `session.timeout.ms` (librdkafka's default, 45 s, made the wait below race it).
     s.write(
         "p.yaml",
-        &(kafka_to_file("crash", &b, "in", "g-crash", "")
-            + "  policy: { rate_limit: { records_per_second: 20000 } }\n"),
+        &(kafka_to_file(
+            "crash",
+            &b,
+            "in",
+            "g-crash",
+            "    properties: { session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\" }\n",
+        ) + "  policy: { rate_limit: { records_per_second: 20000 } }\n"),
     );
     let mut host = s.spawn_logged(&["p.yaml"], "first.log");
     wait_for("a third of the records", Duration::from_secs(120), || {
@@ -475,10 +482,21 @@ fn sigkill_then_restart_delivers_everything_duplicates_only_past_the_commit() {
     );
 
     let mut host = s.spawn_logged(&["p.yaml"], "second.log");
-    wait_for(
+    let expected = N + at_kill - committed_at_kill as usize;
+    wait_for_explained(
         "every record after the restart",
         Duration::from_secs(180),
-        || s.lines("out.jsonl").len() >= N + at_kill - committed_at_kill as usize,
+        || s.lines("out.jsonl").len() >= expected,
+        || {
+            let broker_log = broker.log_text();
+            let tail: Vec<&str> = broker_log.lines().rev().take(30).collect();
+            format!(
+                "{} of {expected} lines\nhost:\n{}\nbroker:\n{}",
+                s.lines("out.jsonl").len(),
+                s.tail("second.log", 40),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        },
     );
     signal(&host, libc::SIGTERM);
     let status = wait_exit(&mut host, Duration::from_secs(30));

@@ -36,11 +36,54 @@ impl fmt::Display for Diagnostic {
 
 impl std::error::Error for Diagnostic {}
 
-/// serde_yaml ends its messages with " at line L column C"; the diagnostic shows the position
-/// itself (mapped back through variable substitution).
-pub(crate) fn strip_serde_yaml_location(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(p) if message[p..].contains(" column ") => message[..p].to_string(),
-        _ => message.to_string(),
+/// serde_yaml's message without the position the diagnostic shows itself (`at`); any other
+/// position it names (where an unclosed bracket was opened) has its column mapped by `column`
+/// back through variable substitution.
+pub(crate) fn serde_yaml_message(
+    message: &str,
+    at: Option<(usize, usize)>,
+    column: impl Fn(usize, usize) -> usize,
+) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(p) = rest.find(" at line ") {
+        out.push_str(&rest[..p]);
+        let tail = &rest[p + " at line ".len()..];
+        let parsed = tail.split_once(" column ").and_then(|(line, after)| {
+            let digits = after
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(after.len());
+            Some((
+                line.parse::<usize>().ok()?,
+                after[..digits].parse::<usize>().ok()?,
+                &after[digits..],
+            ))
+        });
+        match parsed {
+            Some((line, col, after)) => {
+                if at != Some((line, col)) {
+                    out.push_str(&format!(" at line {line} column {}", column(line, col)));
+                }
+                rest = after;
+            }
+            None => {
+                out.push_str(" at line ");
+                rest = tail;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_shown_position_is_dropped_and_others_are_mapped() {
+        let m = "did not find expected ',' or ']' at line 4 column 9, while parsing a flow sequence at line 3 column 11";
+        assert_eq!(
+            super::serde_yaml_message(m, Some((4, 9)), |_, c| c + 1),
+            "did not find expected ',' or ']', while parsing a flow sequence at line 3 column 12"
+        );
     }
 }

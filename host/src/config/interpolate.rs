@@ -1,44 +1,149 @@
-//! `${VAR}`, `${VAR:-default}` and `${VAR:?message}` in pipeline files.
+//! `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?message}` and `${VAR?message}` in
+//! pipeline files.
 //!
-//! Substitution happens on the text, before YAML parsing, so that a variable can stand for any
-//! scalar (`max_records: ${BATCH:-500}` is a number). Comments are left alone, `$${` is a literal
-//! `${`, and a value containing a newline is refused: it could change the document's structure.
-//! Every substitution is recorded so that a position in the substituted text maps back to the
-//! column the user wrote.
+//! A variable's value is always the string it holds, never YAML: substitution happens in two
+//! steps. Before parsing, [`placehold`] replaces each `${…}` in the text with a placeholder (two
+//! private-use characters around its index), which is plain-scalar text in any YAML context.
+//! After parsing, [`Placeheld::substitute`] replaces the placeholders left in string scalars and
+//! keys with the values; those in comments went with the comments. So `${SECRET}` holding
+//! `123456789`, `abc #def`, `null` or `x", stream: "evil` is that string, and a value may span
+//! lines. Where a typed key wants a number or a boolean, the string is read as one
+//! (`orbit_plugin_api::coerce`). `$${` is a literal `${`.
+//!
+//! Shell rules for defaults: `:-` and `:?` treat an empty variable as unset, `-` and `?` do not,
+//! and a plain `${VAR}` set to the empty string is the empty string.
 
 use std::collections::HashMap;
+
+/// Opens a placeholder: `OPEN index CLOSE`.
+const OPEN: char = '\u{E000}';
+const CLOSE: char = '\u{E001}';
 
 /// A failed substitution, with the 1-based line and column of its `${`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InterpolationError {
     pub line: usize,
     pub column: usize,
+    /// The key path whose value holds the variable, when known.
+    pub key: Option<String>,
     pub message: String,
     pub hint: String,
 }
 
-/// The substituted text and a way back to original columns.
+/// One `${…}` of the text: what it says and where it stood.
+#[derive(Debug)]
+struct Var {
+    kind: Kind,
+    line: usize,
+    column: usize,
+}
+
+#[derive(Debug)]
+enum Kind {
+    /// `${expr}`: the text between `${` and `}`.
+    Ref(String),
+    /// `$${`, a literal `${`.
+    Escape,
+    /// A `${` with no `}` after it on its line.
+    Unterminated,
+}
+
+/// The text with placeholders, the variables they stand for, and a way back to original columns.
 #[derive(Debug, Default)]
-pub struct Interpolated {
+pub struct Placeheld {
     pub text: String,
-    /// Per 0-based line: (column in new text, column in original text) at each substitution
-    /// boundary, in order.
+    vars: Vec<Var>,
+    /// Per 0-based line: (column in new text, length in new text, packed old column and length)
+    /// of each replacement, in order.
     shifts: HashMap<usize, Vec<(usize, usize, usize)>>,
 }
 
-impl Interpolated {
-    /// Maps a 1-based column in the substituted text of a 1-based line to the original column.
+/// The variables substituted into a document: name and value, to keep values out of errors.
+#[derive(Debug, Default)]
+pub struct Substituted {
+    values: Vec<(String, String)>,
+}
+
+impl Substituted {
+    /// `text` with each substituted value of 3 or more characters replaced by `${NAME}`, longest
+    /// first. Any value may be a secret; shorter ones would garble the text they occur in.
+    pub fn scrub(&self, text: &str) -> String {
+        // Each value as written and as an error quotes it (escaped, as `{:?}` does).
+        let mut values: Vec<(&str, String)> = self
+            .values
+            .iter()
+            .filter(|(_, v)| v.len() >= 3)
+            .flat_map(|(n, v)| {
+                [
+                    (n.as_str(), v.clone()),
+                    (n.as_str(), v.escape_debug().to_string()),
+                ]
+            })
+            .collect();
+        values.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
+        let mut out = text.to_string();
+        for (name, value) in values {
+            if out.contains(value.as_str()) {
+                out = out.replace(value.as_str(), &format!("${{{name}}}"));
+            }
+        }
+        out
+    }
+}
+
+/// Replaces every `${…}`, `$${` and unterminated `${` of `text` with a placeholder; which of them
+/// are errors is decided by [`Placeheld::substitute`], for those that end up in a value.
+pub fn placehold(text: &str) -> Placeheld {
+    let mut out = Placeheld {
+        text: String::with_capacity(text.len()),
+        ..Placeheld::default()
+    };
+    for (line_no, line) in text.split_inclusive('\n').enumerate() {
+        let line_start = out.text.len();
+        let mut rest = line;
+        let mut col = 0;
+        while let Some(at) = rest.find("${") {
+            let escaped = at > 0 && rest.as_bytes()[at - 1] == b'$';
+            let (start, len, kind) = if escaped {
+                (at - 1, 3, Kind::Escape)
+            } else {
+                match rest[at..].find('}') {
+                    Some(end) => (at, end + 1, Kind::Ref(rest[at + 2..at + end].to_string())),
+                    None => (at, 2, Kind::Unterminated),
+                }
+            };
+            out.text.push_str(&rest[..start]);
+            let placeholder = format!("{OPEN}{}{CLOSE}", out.vars.len());
+            out.vars.push(Var {
+                kind,
+                line: line_no + 1,
+                column: col + start + 1,
+            });
+            out.shifts.entry(line_no).or_default().push((
+                out.text.len() - line_start,
+                placeholder.len(),
+                pack(col + start, len),
+            ));
+            out.text.push_str(&placeholder);
+            col += start + len;
+            rest = &rest[start + len..];
+        }
+        out.text.push_str(rest);
+    }
+    out
+}
+
+impl Placeheld {
+    /// Maps a 1-based column in the placeholder text of a 1-based line to the original column.
     pub fn original_column(&self, line: usize, column: usize) -> usize {
         let Some(shifts) = self.shifts.get(&line.saturating_sub(1)) else {
             return column;
         };
         let col = column.saturating_sub(1);
         let mut result = col;
-        // (new_start, new_end, old_start, old_end) encoded as (new_start, new_len, old_start)
-        // plus the running delta after each substitution.
         let mut delta: isize = 0;
-        for &(new_start, new_len, old_start_and_len) in shifts {
-            let (old_start, old_len) = unpack(old_start_and_len);
+        for &(new_start, new_len, old) in shifts {
+            let (old_start, old_len) = unpack(old);
             if col < new_start {
                 break;
             }
@@ -50,6 +155,114 @@ impl Interpolated {
         }
         result + 1
     }
+
+    /// Replaces the placeholders in the string scalars and keys of `doc` with the variables'
+    /// values from `lookup` (normally the process environment).
+    pub fn substitute(
+        &self,
+        doc: &mut serde_yaml::Value,
+        lookup: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Substituted, InterpolationError> {
+        let mut done = Substituted::default();
+        self.walk(doc, "", lookup, &mut done)?;
+        Ok(done)
+    }
+
+    fn walk(
+        &self,
+        v: &mut serde_yaml::Value,
+        path: &str,
+        lookup: &impl Fn(&str) -> Option<String>,
+        done: &mut Substituted,
+    ) -> Result<(), InterpolationError> {
+        use serde_yaml::Value;
+        match v {
+            Value::String(s) => {
+                if let Some(new) = self.replace(s, path, lookup, done)? {
+                    *s = new;
+                }
+            }
+            Value::Sequence(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    self.walk(item, &format!("{path}[{i}]"), lookup, done)?;
+                }
+            }
+            Value::Mapping(map) => {
+                for (mut key, mut value) in std::mem::take(map) {
+                    let name = match &key {
+                        Value::String(s) => s.clone(),
+                        other => serde_yaml::to_string(other)
+                            .unwrap_or_default()
+                            .trim_end()
+                            .to_string(),
+                    };
+                    let child = if path.is_empty() {
+                        name
+                    } else {
+                        format!("{path}.{name}")
+                    };
+                    self.walk(&mut key, &child, lookup, done)?;
+                    self.walk(&mut value, &child, lookup, done)?;
+                    map.insert(key, value);
+                }
+            }
+            Value::Tagged(t) => self.walk(&mut t.value, path, lookup, done)?,
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+        Ok(())
+    }
+
+    /// `s` with its placeholders replaced, or `None` if it has none.
+    fn replace(
+        &self,
+        s: &str,
+        path: &str,
+        lookup: &impl Fn(&str) -> Option<String>,
+        done: &mut Substituted,
+    ) -> Result<Option<String>, InterpolationError> {
+        if !s.contains(OPEN) {
+            return Ok(None);
+        }
+        let mut out = String::with_capacity(s.len());
+        let mut rest = s;
+        while let Some(o) = rest.find(OPEN) {
+            let after = &rest[o + OPEN.len_utf8()..];
+            let Some(c) = after.find(CLOSE) else { break };
+            let Some(var) = after[..c]
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| self.vars.get(i))
+            else {
+                break;
+            };
+            out.push_str(&rest[..o]);
+            let error = |message: String, hint: &str| InterpolationError {
+                line: var.line,
+                column: var.column,
+                key: Some(path.to_string()),
+                message,
+                hint: hint.into(),
+            };
+            match &var.kind {
+                Kind::Escape => out.push_str("${"),
+                Kind::Unterminated => {
+                    return Err(error(
+                        "unterminated `${`".into(),
+                        "close the variable with `}`, or write `$${` for a literal `${`",
+                    ))
+                }
+                Kind::Ref(expr) => {
+                    let (name, value) =
+                        evaluate(expr, lookup).map_err(|(message, hint)| error(message, hint))?;
+                    out.push_str(&value);
+                    done.values.push((name.to_string(), value));
+                }
+            }
+            rest = &after[c + CLOSE.len_utf8()..];
+        }
+        out.push_str(rest);
+        Ok(Some(out))
+    }
 }
 
 fn pack(start: usize, len: usize) -> usize {
@@ -60,140 +273,53 @@ fn unpack(v: usize) -> (usize, usize) {
     (v >> 20, v & ((1 << 20) - 1))
 }
 
-/// Substitutes variables from `lookup` (normally the process environment).
-pub fn interpolate(
-    text: &str,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<Interpolated, InterpolationError> {
-    let mut out = Interpolated {
-        text: String::with_capacity(text.len()),
-        shifts: HashMap::new(),
-    };
-    for (line_no, line) in text.split_inclusive('\n').enumerate() {
-        let mut i = 0;
-        let bytes = line.as_bytes();
-        let mut quote: Option<u8> = None;
-        let line_start = out.text.len();
-        while i < bytes.len() {
-            let c = bytes[i];
-            match quote {
-                Some(q) if c == q => quote = None,
-                None if c == b'"' || c == b'\'' => quote = Some(c),
-                None if c == b'#' && (i == 0 || bytes[i - 1].is_ascii_whitespace()) => {
-                    out.text.push_str(&line[i..]);
-                    break;
-                }
-                _ => {}
-            }
-            if c == b'$' && line[i..].starts_with("$${") {
-                record(&mut out, line_no, line_start, i, 3, "${");
-                i += 3;
-                continue;
-            }
-            if c == b'$' && line[i..].starts_with("${") {
-                let column = i + 1;
-                let err = |message: String, hint: &str| InterpolationError {
-                    line: line_no + 1,
-                    column,
-                    message,
-                    hint: hint.to_string(),
-                };
-                let Some(end) = line[i..].find('}') else {
-                    return Err(err(
-                        "unterminated `${`".into(),
-                        "close the variable with `}`, or write `$${` for a literal `${`",
-                    ));
-                };
-                let expr = &line[i + 2..i + end];
-                let value = evaluate(expr, &lookup).map_err(|(m, h)| err(m, h))?;
-                if value.contains('\n') {
-                    return Err(err(
-                        format!("the value of `{}` contains a newline", var_name(expr)),
-                        "variables must hold single-line values; put multi-line text in a file",
-                    ));
-                }
-                record(&mut out, line_no, line_start, i, end + 1, &value);
-                i += end + 1;
-                continue;
-            }
-            let ch_len = utf8_len(c);
-            out.text.push_str(&line[i..i + ch_len]);
-            i += ch_len;
-        }
-    }
-    Ok(out)
-}
-
-fn utf8_len(first: u8) -> usize {
-    match first {
-        0x00..=0x7f => 1,
-        0xc0..=0xdf => 2,
-        0xe0..=0xef => 3,
-        _ => 4,
-    }
-}
-
-fn record(
-    out: &mut Interpolated,
-    line_no: usize,
-    line_start: usize,
-    old_col: usize,
-    old_len: usize,
-    value: &str,
-) {
-    let new_col = out.text.len() - line_start;
-    out.text.push_str(value);
-    out.shifts
-        .entry(line_no)
-        .or_default()
-        .push((new_col, value.len(), pack(old_col, old_len)));
-}
-
-fn var_name(expr: &str) -> &str {
-    expr.split([':']).next().unwrap_or(expr)
-}
-
-fn evaluate(
-    expr: &str,
+/// The variable's name and its value by the shell's rules.
+fn evaluate<'e>(
+    expr: &'e str,
     lookup: &impl Fn(&str) -> Option<String>,
-) -> Result<String, (String, &'static str)> {
-    let (name, rest) = match expr.find(':') {
-        Some(p) => (&expr[..p], Some(&expr[p..])),
-        None => (expr, None),
-    };
-    let valid = !name.is_empty()
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !valid {
-        return Err((
+) -> Result<(&'e str, String), (String, &'static str)> {
+    let bad = || {
+        (
             format!("`${{{expr}}}` is not a valid variable reference"),
             "write ${NAME}, ${NAME:-default} or ${NAME:?message}; NAME is letters, digits and _",
-        ));
+        )
+    };
+    let end = expr
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(expr.len());
+    let (name, rest) = expr.split_at(end);
+    if !name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    {
+        return Err(bad());
     }
-    let value = lookup(name).filter(|v| !v.is_empty());
-    match rest {
-        None => value.ok_or_else(|| {
-            (
-                format!("environment variable `{name}` is not set"),
-                "set it, or give a default with ${NAME:-default}",
-            )
-        }),
-        Some(r) if r.starts_with(":-") => Ok(value.unwrap_or_else(|| r[2..].to_string())),
-        Some(r) if r.starts_with(":?") => value.ok_or_else(|| {
-            let msg = &r[2..];
-            (
-                format!("environment variable `{name}` is not set: {msg}"),
-                "set the variable before starting the pipeline",
-            )
-        }),
-        Some(_) => Err((
-            format!("`${{{expr}}}` is not a valid variable reference"),
-            "write ${NAME}, ${NAME:-default} or ${NAME:?message}",
-        )),
-    }
+    let value = lookup(name);
+    let present =
+        |empty_is_unset: bool| value.clone().filter(|v| !(empty_is_unset && v.is_empty()));
+    let unset = |msg: &str| {
+        let message = if msg.is_empty() {
+            format!("environment variable `{name}` is not set")
+        } else {
+            format!("environment variable `{name}` is not set: {msg}")
+        };
+        (message, "set it, or give a default with ${NAME:-default}")
+    };
+    let value = if rest.is_empty() {
+        present(false).ok_or_else(|| unset(""))?
+    } else if let Some(d) = rest.strip_prefix(":-") {
+        present(true).unwrap_or_else(|| d.to_string())
+    } else if let Some(d) = rest.strip_prefix('-') {
+        present(false).unwrap_or_else(|| d.to_string())
+    } else if let Some(m) = rest.strip_prefix(":?") {
+        present(true).ok_or_else(|| unset(m))?
+    } else if let Some(m) = rest.strip_prefix('?') {
+        present(false).ok_or_else(|| unset(m))?
+    } else {
+        return Err(bad());
+    };
+    Ok((name, value))
 }
 
 #[cfg(test)]
@@ -206,53 +332,109 @@ mod tests {
             "PORT" => Some("9092".into()),
             "EMPTY" => Some(String::new()),
             "MULTI" => Some("a\nb".into()),
+            "SECRET" => Some("123456789".into()),
+            "HASH" => Some("abc #def".into()),
+            "NULL" => Some("null".into()),
+            "EVIL" => Some("x\", stream: \"evil".into()),
             _ => None,
         }
     }
 
+    fn doc(text: &str) -> Result<(serde_yaml::Value, Substituted), InterpolationError> {
+        let p = placehold(text);
+        let mut v: serde_yaml::Value = serde_yaml::from_str(&p.text).unwrap();
+        let s = p.substitute(&mut v, &env)?;
+        Ok((v, s))
+    }
+
+    fn s(v: &serde_yaml::Value, key: &str) -> String {
+        v[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key}: {v:?}"))
+            .to_string()
+    }
+
     #[test]
-    fn substitutes_defaults_and_escapes() {
-        let r = interpolate(
-            "a: ${HOST}:${PORT}\nb: ${NOPE:-x}\nc: $${HOST}\n# ${UNSET}\nd: ${EMPTY:-dflt}\n",
-            env,
-        )
+    fn values_are_the_strings_they_hold_never_yaml() {
+        let (v, _) = doc(concat!(
+            "a: ${SECRET}\nb: ${HASH}\nc: ${NULL}\nd: \"${EVIL}\"\ne: ${EVIL}\n",
+            "f: { g: ${MULTI}, h: [${PORT}] }\n",
+        ))
         .unwrap();
-        assert_eq!(
-            r.text,
-            "a: kafka.local:9092\nb: x\nc: ${HOST}\n# ${UNSET}\nd: dflt\n"
-        );
+        assert_eq!(s(&v, "a"), "123456789");
+        assert_eq!(s(&v, "b"), "abc #def");
+        assert_eq!(s(&v, "c"), "null");
+        assert_eq!(s(&v, "d"), "x\", stream: \"evil");
+        assert_eq!(s(&v, "e"), "x\", stream: \"evil");
+        assert!(v.get("stream").is_none());
+        assert_eq!(v["f"]["g"].as_str(), Some("a\nb"));
+        assert_eq!(v["f"]["h"][0].as_str(), Some("9092"));
     }
 
     #[test]
-    fn unset_variable_names_it_and_its_position() {
-        let e = interpolate("a: 1\nb: x ${MISSING}\n", env).unwrap_err();
+    fn defaults_escapes_comments_and_empty_values() {
+        let (v, _) = doc(concat!(
+            "a: ${HOST}:${PORT}\nb: ${NOPE:-x}\nc: $${HOST}\n# ${UNSET}\n",
+            "d: ${EMPTY:-dflt}\ne: ${EMPTY}\nf: ${EMPTY-dflt}\ng: ${NOPE-dflt}\n",
+            "h: 'it''s ${HOST}' # ${UNSET}\n",
+        ))
+        .unwrap();
+        assert_eq!(s(&v, "a"), "kafka.local:9092");
+        assert_eq!(s(&v, "b"), "x");
+        assert_eq!(s(&v, "c"), "${HOST}");
+        assert_eq!(s(&v, "d"), "dflt");
+        assert_eq!(s(&v, "e"), "");
+        assert_eq!(s(&v, "f"), "");
+        assert_eq!(s(&v, "g"), "dflt");
+        assert_eq!(s(&v, "h"), "it's kafka.local");
+    }
+
+    #[test]
+    fn unset_variable_names_it_its_position_and_key() {
+        let e = doc("a: 1\nb: x ${MISSING}\n").unwrap_err();
         assert_eq!((e.line, e.column), (2, 6));
+        assert_eq!(e.key.as_deref(), Some("b"));
         assert!(e.message.contains("`MISSING` is not set"), "{}", e.message);
+        let e = doc("a: ${EMPTY:?give it a value}\n").unwrap_err();
+        assert!(e.message.ends_with("give it a value"), "{}", e.message);
+        assert!(doc("a: ${EMPTY?m}\n").is_ok());
     }
 
     #[test]
-    fn required_variable_carries_the_users_message() {
-        let e = interpolate("a: ${MISSING:?set the broker list}\n", env).unwrap_err();
-        assert!(e.message.ends_with("set the broker list"), "{}", e.message);
+    fn refuses_bad_names_and_unterminated_references() {
+        assert!(doc("a: ${1X}").is_err());
+        assert!(doc("a: ${X Y}").is_err());
+        let e = doc("a: ${HOST} and ${X\n").unwrap_err();
+        assert_eq!(e.message, "unterminated `${`");
+        assert_eq!((e.line, e.column), (1, 16));
+        // In a comment nothing is evaluated.
+        assert!(doc("a: 1 # ${X\n").is_ok());
     }
 
     #[test]
-    fn refuses_newlines_and_bad_names() {
-        assert!(interpolate("a: ${MULTI}", env).is_err());
-        assert!(interpolate("a: ${1X}", env).is_err());
-        assert!(interpolate("a: ${X", env).is_err());
+    fn errors_scrub_substituted_values() {
+        let (_, subs) = doc("a: ${SECRET}\nb: ${PORT}\n").unwrap();
+        assert_eq!(
+            subs.scrub("invalid value: string \"123456789\" at 9092"),
+            "invalid value: string \"${SECRET}\" at ${PORT}"
+        );
+        let (_, subs) = doc("a: ${EVIL}\n").unwrap();
+        let quoted = format!("string {:?}", "x\", stream: \"evil");
+        assert_eq!(subs.scrub(&quoted), "string \"${EVIL}\"");
     }
 
     #[test]
     fn maps_columns_back_to_the_original() {
-        // `b` sits at column 24 in the substituted text and at column 12 in the original.
-        let r = interpolate("x: ${HOST} b", env).unwrap();
-        assert_eq!(r.text, "x: kafka.local b");
-        assert_eq!(r.original_column(1, 16), 12);
-        // Inside a substituted value: the `${` itself.
-        assert_eq!(r.original_column(1, 6), 4);
-        // Before any substitution: unchanged.
-        assert_eq!(r.original_column(1, 2), 2);
-        assert_eq!(r.original_column(2, 7), 7);
+        let p = placehold("x: ${HOST} b");
+        // The placeholder is 3 + 1 + 3 = 7 bytes (two 3-byte characters around "0"), the
+        // reference 7: `b` is at column 12 in both.
+        assert_eq!(p.original_column(1, 12), 12);
+        let p = placehold("x: ${HOSTNAME} b");
+        assert_eq!(p.original_column(1, 12), 16);
+        // Inside a placeholder: the `${` itself.
+        assert_eq!(p.original_column(1, 6), 4);
+        // Before any substitution, or on another line: unchanged.
+        assert_eq!(p.original_column(1, 2), 2);
+        assert_eq!(p.original_column(2, 7), 7);
     }
 }

@@ -4,11 +4,11 @@
 //! errors) → semantic checks. Every error is a [`Diagnostic`] naming file, line, column and key.
 
 mod diagnostic;
+mod file;
 mod interpolate;
 pub mod limits;
 mod locate;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -19,7 +19,8 @@ pub const MAX_BATCH_RECORDS: usize = 1_000_000;
 pub const MAX_BATCH_BUFFER: usize = 10_000;
 
 pub use diagnostic::Diagnostic;
-pub use interpolate::{interpolate, Interpolated, InterpolationError};
+pub use file::PipelineFile;
+pub use interpolate::InterpolationError;
 pub use locate::KeyPositions;
 
 /// One pipeline file, as the user wrote it.
@@ -257,206 +258,5 @@ impl PipelineSpec {
     /// The name a stage goes by in logs: its `name:` or its position.
     pub fn stage_name(role: StageRole, spec: &StageSpec) -> String {
         spec.name.clone().unwrap_or_else(|| role.key_path())
-    }
-}
-
-/// A parsed pipeline file, kept with what is needed to point at its keys later.
-#[derive(Debug)]
-pub struct PipelineFile {
-    pub path: PathBuf,
-    pub spec: PipelineSpec,
-    interpolated: Interpolated,
-    positions: KeyPositions,
-}
-
-impl PipelineFile {
-    /// Reads, interpolates from the process environment, parses and checks a pipeline file.
-    pub fn load(path: &Path) -> Result<PipelineFile, Diagnostic> {
-        let text = limits::read(path)?;
-        Self::parse(path, &text, |name| std::env::var(name).ok())
-    }
-
-    /// As [`PipelineFile::load`], from text already read, with a given environment.
-    pub fn parse(
-        path: &Path,
-        text: &str,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<PipelineFile, Diagnostic> {
-        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        let interpolated = interpolate(text, env).map_err(|e| Diagnostic {
-            file: path.to_path_buf(),
-            line: Some(e.line),
-            column: Some(e.column),
-            key: None,
-            message: e.message,
-            hint: e.hint,
-        })?;
-        limits::check_depth(path, &interpolated.text).map_err(|mut d| {
-            if let (Some(line), Some(column)) = (d.line, d.column) {
-                d.column = Some(interpolated.original_column(line, column));
-            }
-            d
-        })?;
-        let spec: PipelineSpec = serde_yaml::from_str(&interpolated.text).map_err(|e| {
-            let (line, column) = match e.location() {
-                Some(l) => (
-                    Some(l.line()),
-                    Some(interpolated.original_column(l.line(), l.column())),
-                ),
-                None => (None, None),
-            };
-            Diagnostic {
-                file: path.to_path_buf(),
-                line,
-                column,
-                key: None,
-                message: diagnostic::strip_serde_yaml_location(&e.to_string()),
-                hint: hint_for_yaml_error(&e.to_string()),
-            }
-        })?;
-        let positions = KeyPositions::read(&interpolated.text);
-        let file = PipelineFile {
-            path: path.to_path_buf(),
-            spec,
-            interpolated,
-            positions,
-        };
-        file.check()?;
-        Ok(file)
-    }
-
-    /// A diagnostic pointing at `key` (a path such as `sink.config.url`).
-    pub fn error_at(
-        &self,
-        key: &str,
-        message: impl Into<String>,
-        hint: impl Into<String>,
-    ) -> Diagnostic {
-        let pos = self.positions.find(key);
-        Diagnostic {
-            file: self.path.clone(),
-            line: pos.map(|p| p.0),
-            column: pos.map(|p| self.interpolated.original_column(p.0, p.1)),
-            key: Some(key.to_string()),
-            message: message.into(),
-            hint: hint.into(),
-        }
-    }
-
-    /// Checks that serde cannot express.
-    fn check(&self) -> Result<(), Diagnostic> {
-        let s = &self.spec;
-        if s.name.trim().is_empty()
-            || !s
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            return Err(self.error_at(
-                "name",
-                format!("pipeline name `{}` is not usable", s.name),
-                "use letters, digits, `-`, `_` and `.`: the name names the offset file",
-            ));
-        }
-        if !(1..=MAX_BATCH_RECORDS).contains(&s.batch.max_records) {
-            return Err(self.error_at(
-                "batch.max_records",
-                format!(
-                    "`max_records` is {}: it must be from 1 to {MAX_BATCH_RECORDS}",
-                    s.batch.max_records
-                ),
-                "a typical value is 500 to 5000",
-            ));
-        }
-        if !(1..=MAX_BATCH_BUFFER).contains(&s.batch.buffer) {
-            return Err(self.error_at(
-                "batch.buffer",
-                format!(
-                    "`buffer` is {}: it must be from 1 to {MAX_BATCH_BUFFER}",
-                    s.batch.buffer
-                ),
-                "it is the number of batches queued between two stages; 2 to 8 is plenty",
-            ));
-        }
-        if s.errors.tolerance == Tolerance::All && s.errors.dead_letter.is_none() {
-            return Err(self.error_at(
-                "errors.tolerance",
-                "`tolerance: all` needs a dead-letter sink",
-                "add `errors.dead_letter: { plugin: file, config: { path: dlq.jsonl } }`",
-            ));
-        }
-        Ok(())
-    }
-}
-
-fn hint_for_yaml_error(message: &str) -> String {
-    if message.contains("unknown field") {
-        "remove or correct the key; docs/CONFIG.md lists every key".into()
-    } else if message.contains("missing field") {
-        "add the key; docs/CONFIG.md lists every key".into()
-    } else if message.contains("invalid type") || message.contains("invalid value") {
-        "correct the value's type; durations are written like 250ms, 10s or 5m".into()
-    } else {
-        "fix the YAML syntax at that position".into()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> Result<PipelineFile, Diagnostic> {
-        PipelineFile::parse(Path::new("p.yaml"), text, |n| {
-            (n == "OUT").then(|| "out.txt".to_string())
-        })
-    }
-
-    const GOOD: &str = "name: t\nsource:\n  plugin: generate\n  config: { count: 10 }\nsink:\n  plugin: file\n  config:\n    path: ${OUT}\n";
-
-    #[test]
-    fn parses_a_minimal_pipeline_with_defaults() {
-        let f = parse(GOOD).unwrap();
-        assert_eq!(f.spec.batch.max_records, 1000);
-        assert_eq!(f.spec.batch.max_wait, Duration::from_millis(20));
-        assert_eq!(f.spec.sink.config["path"].as_str(), Some("out.txt"));
-    }
-
-    #[test]
-    fn unknown_key_names_line_and_column() {
-        let e =
-            parse(&GOOD.replace("  plugin: file\n", "  plugin: file\n  confg: 1\n")).unwrap_err();
-        assert_eq!((e.line, e.column), (Some(7), Some(3)), "{e}");
-        assert!(e.message.contains("unknown field `confg`"), "{e}");
-    }
-
-    #[test]
-    fn malformed_yaml_names_the_position() {
-        let e = parse("name: t\nsource: [\n").unwrap_err();
-        assert!(e.line.is_some(), "{e}");
-    }
-
-    #[test]
-    fn tolerance_all_needs_a_dead_letter_sink() {
-        let e = parse(&format!("{GOOD}errors: {{ tolerance: all }}\n")).unwrap_err();
-        assert_eq!(e.key.as_deref(), Some("errors.tolerance"));
-        assert_eq!(e.line, Some(9));
-    }
-
-    #[test]
-    fn sizes_past_their_bounds_are_refused_at_validation() {
-        for (key, yaml) in [
-            ("batch.buffer", "batch: { buffer: 18446744073709551615 }"),
-            ("batch.max_records", "batch: { max_records: 4294967296 }"),
-        ] {
-            let e = parse(&format!("{GOOD}{yaml}\n")).unwrap_err();
-            assert_eq!(e.key.as_deref(), Some(key), "{e}");
-            assert!(e.to_string().contains("it must be from 1 to"), "{e}");
-        }
-    }
-
-    #[test]
-    fn bad_duration_is_an_error() {
-        let e = parse(&format!("{GOOD}batch: {{ max_wait: soon }}\n")).unwrap_err();
-        assert_eq!(e.line, Some(9), "{e}");
     }
 }

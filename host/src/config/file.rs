@@ -1,0 +1,324 @@
+//! Loading a pipeline file: limits, placeholders, YAML, substitution, typed spec, checks.
+
+use std::path::{Path, PathBuf};
+
+use super::interpolate::{placehold, InterpolationError, Placeheld, Substituted};
+use super::{diagnostic, limits, Diagnostic, KeyPositions, PipelineSpec, Tolerance};
+use super::{MAX_BATCH_BUFFER, MAX_BATCH_RECORDS};
+
+/// A parsed pipeline file, kept with what is needed to point at its keys later.
+#[derive(Debug)]
+pub struct PipelineFile {
+    pub path: PathBuf,
+    pub spec: PipelineSpec,
+    locator: Locator,
+}
+
+/// What maps a key of the document back to the file: positions and substitutions.
+#[derive(Debug)]
+struct Locator {
+    path: PathBuf,
+    placeheld: Placeheld,
+    substituted: Substituted,
+    positions: KeyPositions,
+}
+
+impl PipelineFile {
+    /// Reads, interpolates from the process environment, parses and checks a pipeline file.
+    pub fn load(path: &Path) -> Result<PipelineFile, Diagnostic> {
+        let text = limits::read(path)?;
+        Self::parse(path, &text, |name| std::env::var(name).ok())
+    }
+
+    /// As [`PipelineFile::load`], from text already read, with a given environment.
+    ///
+    /// Text → placeholders for `${…}` → YAML document → variables substituted into its strings
+    /// → typed [`PipelineSpec`] (strings read as numbers where one is wanted; unknown keys are
+    /// errors) → checks serde cannot express.
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<PipelineFile, Diagnostic> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let placeheld = placehold(text);
+        limits::check_depth(path, &placeheld.text).map_err(|mut d| {
+            if let (Some(line), Some(column)) = (d.line, d.column) {
+                d.column = Some(placeheld.original_column(line, column));
+            }
+            d
+        })?;
+        let mut doc: serde_yaml::Value = serde_yaml::from_str(&placeheld.text).map_err(|e| {
+            let raw = e.location().map(|l| (l.line(), l.column()));
+            let column = |line, column| placeheld.original_column(line, column);
+            Diagnostic {
+                file: path.to_path_buf(),
+                line: raw.map(|a| a.0),
+                column: raw.map(|(l, c)| column(l, c)),
+                key: None,
+                message: diagnostic::serde_yaml_message(&e.to_string(), raw, column),
+                hint: "fix the YAML syntax at that position".into(),
+            }
+        })?;
+        let substituted = placeheld.substitute(&mut doc, &env).map_err(
+            |InterpolationError {
+                 line,
+                 column,
+                 key,
+                 message,
+                 hint,
+             }| Diagnostic {
+                file: path.to_path_buf(),
+                line: Some(line),
+                column: Some(column),
+                key,
+                message,
+                hint,
+            },
+        )?;
+        let locator = Locator {
+            path: path.to_path_buf(),
+            positions: KeyPositions::read(&placeheld.text),
+            placeheld,
+            substituted,
+        };
+        let file = PipelineFile {
+            path: path.to_path_buf(),
+            spec: locator.typed(doc)?,
+            locator,
+        };
+        file.check()?;
+        Ok(file)
+    }
+
+    /// A diagnostic pointing at `key` (a path such as `sink.config.url`). Values substituted
+    /// from the environment are replaced by their `${NAME}` in the message.
+    pub fn error_at(
+        &self,
+        key: &str,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Diagnostic {
+        self.locator.error_at(key, message.into(), hint.into())
+    }
+}
+
+impl Locator {
+    /// The document as a [`PipelineSpec`], or the first error at its key.
+    fn typed(&self, doc: serde_yaml::Value) -> Result<PipelineSpec, Diagnostic> {
+        let json = serde_json::to_value(&doc).map_err(|e| Diagnostic {
+            file: self.path.clone(),
+            line: None,
+            column: None,
+            key: None,
+            message: format!("the document cannot be read as a pipeline: {e}"),
+            hint: "keys must be strings; docs/CONFIG.md lists every key".into(),
+        })?;
+        orbit_plugin_api::coerce::from_value(json).map_err(|e| {
+            let mut key = e.path().to_string();
+            if key == "." {
+                key.clear();
+            }
+            let message = e.into_inner().to_string();
+            // An unknown key is reported at the map holding it; point at the key itself.
+            if let Some(field) = message
+                .strip_prefix("unknown field `")
+                .and_then(|m| m.split('`').next())
+            {
+                key = if key.is_empty() {
+                    field.to_string()
+                } else {
+                    format!("{key}.{field}")
+                };
+            }
+            let hint = hint_for_type_error(&message);
+            if key.is_empty() {
+                Diagnostic {
+                    file: self.path.clone(),
+                    line: None,
+                    column: None,
+                    key: None,
+                    message: self.substituted.scrub(&message),
+                    hint,
+                }
+            } else {
+                self.error_at(&key, message, hint)
+            }
+        })
+    }
+
+    fn error_at(&self, key: &str, message: String, hint: String) -> Diagnostic {
+        let pos = self.positions.find(key);
+        Diagnostic {
+            file: self.path.clone(),
+            line: pos.map(|p| p.0),
+            column: pos.map(|p| self.placeheld.original_column(p.0, p.1)),
+            key: Some(key.to_string()),
+            message: self.substituted.scrub(&message),
+            hint,
+        }
+    }
+}
+
+impl PipelineFile {
+    /// Checks that serde cannot express.
+    fn check(&self) -> Result<(), Diagnostic> {
+        let s = &self.spec;
+        if s.name.trim().is_empty()
+            || !s
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(self.error_at(
+                "name",
+                format!("pipeline name `{}` is not usable", s.name),
+                "use letters, digits, `-`, `_` and `.`: the name names the offset file",
+            ));
+        }
+        if !(1..=MAX_BATCH_RECORDS).contains(&s.batch.max_records) {
+            return Err(self.error_at(
+                "batch.max_records",
+                format!(
+                    "`max_records` is {}: it must be from 1 to {MAX_BATCH_RECORDS}",
+                    s.batch.max_records
+                ),
+                "a typical value is 500 to 5000",
+            ));
+        }
+        if !(1..=MAX_BATCH_BUFFER).contains(&s.batch.buffer) {
+            return Err(self.error_at(
+                "batch.buffer",
+                format!(
+                    "`buffer` is {}: it must be from 1 to {MAX_BATCH_BUFFER}",
+                    s.batch.buffer
+                ),
+                "it is the number of batches queued between two stages; 2 to 8 is plenty",
+            ));
+        }
+        if s.errors.tolerance == Tolerance::All && s.errors.dead_letter.is_none() {
+            return Err(self.error_at(
+                "errors.tolerance",
+                "`tolerance: all` needs a dead-letter sink",
+                "add `errors.dead_letter: { plugin: file, config: { path: dlq.jsonl } }`",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn hint_for_type_error(message: &str) -> String {
+    if message.contains("unknown field") {
+        "remove or correct the key; docs/CONFIG.md lists every key".into()
+    } else if message.contains("missing field") {
+        "add the key; docs/CONFIG.md lists every key".into()
+    } else {
+        "correct the value's type; durations are written like 250ms, 10s or 5m".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn parse(text: &str) -> Result<PipelineFile, Diagnostic> {
+        PipelineFile::parse(Path::new("p.yaml"), text, |n| {
+            (n == "OUT").then(|| "out.txt".to_string())
+        })
+    }
+
+    const GOOD: &str = "name: t\nsource:\n  plugin: generate\n  config: { count: 10 }\nsink:\n  plugin: file\n  config:\n    path: ${OUT}\n";
+
+    #[test]
+    fn parses_a_minimal_pipeline_with_defaults() {
+        let f = parse(GOOD).unwrap();
+        assert_eq!(f.spec.batch.max_records, 1000);
+        assert_eq!(f.spec.batch.max_wait, Duration::from_millis(20));
+        assert_eq!(f.spec.sink.config["path"].as_str(), Some("out.txt"));
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_column() {
+        let e =
+            parse(&GOOD.replace("  plugin: file\n", "  plugin: file\n  confg: 1\n")).unwrap_err();
+        assert_eq!((e.line, e.column), (Some(7), Some(3)), "{e}");
+        assert!(e.message.contains("unknown field `confg`"), "{e}");
+    }
+
+    #[test]
+    fn malformed_yaml_names_the_position() {
+        let e = parse("name: t\nsource: [\n").unwrap_err();
+        assert!(e.line.is_some(), "{e}");
+    }
+
+    #[test]
+    fn tolerance_all_needs_a_dead_letter_sink() {
+        let e = parse(&format!("{GOOD}errors: {{ tolerance: all }}\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("errors.tolerance"));
+        assert_eq!(e.line, Some(9));
+    }
+
+    #[test]
+    fn sizes_past_their_bounds_are_refused_at_validation() {
+        for (key, yaml) in [
+            ("batch.buffer", "batch: { buffer: 18446744073709551615 }"),
+            ("batch.max_records", "batch: { max_records: 4294967296 }"),
+        ] {
+            let e = parse(&format!("{GOOD}{yaml}\n")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{e}");
+            assert!(e.to_string().contains("it must be from 1 to"), "{e}");
+        }
+    }
+
+    fn parse_env(text: &str) -> Result<PipelineFile, Diagnostic> {
+        PipelineFile::parse(Path::new("p.yaml"), text, |n| match n {
+            "OUT" => Some("out.txt".into()),
+            "N" => Some("500".into()),
+            "WAIT" => Some("50ms".into()),
+            "SECRET" => Some("123456789".into()),
+            "EVIL" => Some("x\", tolerance: \"all".into()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn variables_are_strings_read_as_numbers_where_a_key_wants_one() {
+        let f = parse_env(&format!(
+            "{GOOD}batch: {{ max_records: ${{N}}, max_wait: ${{WAIT}} }}\n\
+             errors: {{ tolerance: \"${{EVIL}}\" }}\n"
+        ));
+        // The value that looks like YAML stays one string: an unknown tolerance, not a new key.
+        let e = f.unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("errors.tolerance"), "{e}");
+        let f = parse_env(&format!(
+            "{GOOD}batch: {{ max_records: ${{N}}, max_wait: ${{WAIT}} }}\n"
+        ))
+        .unwrap();
+        assert_eq!(f.spec.batch.max_records, 500);
+        assert_eq!(f.spec.batch.max_wait, Duration::from_millis(50));
+        let f = parse_env(&GOOD.replace("path: ${OUT}", "path: ${SECRET}")).unwrap();
+        assert_eq!(f.spec.sink.config["path"].as_str(), Some("123456789"));
+    }
+
+    #[test]
+    fn a_substituted_value_never_appears_in_an_error() {
+        let e = parse_env(&format!("{GOOD}batch: {{ max_records: ${{SECRET}}x }}\n")).unwrap_err();
+        let shown = e.to_string();
+        assert!(!shown.contains("123456789"), "{shown}");
+        assert!(shown.contains("${SECRET}"), "{shown}");
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(9), Some("batch.max_records"))
+        );
+        let f = parse_env(&GOOD.replace("path: ${OUT}", "path: ${SECRET}")).unwrap();
+        let e = f.error_at("sink.config.path", "cannot open 123456789", "");
+        assert_eq!(e.message, "cannot open ${SECRET}");
+    }
+
+    #[test]
+    fn bad_duration_is_an_error() {
+        let e = parse(&format!("{GOOD}batch: {{ max_wait: soon }}\n")).unwrap_err();
+        assert_eq!(e.line, Some(9), "{e}");
+    }
+}
