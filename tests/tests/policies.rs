@@ -176,6 +176,44 @@ batch: { max_records: 100 }
     assert_eq!((e["timeouts"], e["restarts"]), (1, 1), "{err}");
 }
 
+/// A source abandoned mid-call still holds its listening port until the call returns; the
+/// replacement opens once it has (issue 14 item 6), instead of failing on "address in use".
+#[test]
+fn a_replacement_opens_after_the_abandoned_instance_released_its_port() {
+    let s = Scratch::new();
+    let port = free_port();
+    let (err, _) = run_ok(
+        &s,
+        &format!(
+            r#"
+name: release
+source:
+  plugin: chaos
+  config: {{ count: 1000, listen: "127.0.0.1:{port}", hang_on_call: 2, hang_for: 1500ms }}
+  policy: {{ timeout: 1s, restart: {{ backoff: 10ms }} }}
+sink: {{ plugin: chaos, config: {{ path: out.txt }} }}
+batch: {{ max_records: 100 }}
+"#
+        ),
+    );
+    // The batch polled before the hang may be read again (it was not acknowledged yet).
+    let mut got = seqs(&s.lines("out.txt"));
+    assert!(
+        got.len() <= 1100,
+        "more than the first batch again: {}",
+        got.len()
+    );
+    got.sort_unstable();
+    got.dedup();
+    assert_eq!(got, (0..1000).collect::<Vec<_>>());
+    let e = events(&err, "source");
+    assert_eq!((e["timeouts"], e["restarts"]), (1, 1), "{err}");
+    assert!(
+        err.contains("waiting up to 1s for the abandoned instance"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_panicking_instance_is_restarted_and_the_pipeline_completes() {
     let s = Scratch::new();

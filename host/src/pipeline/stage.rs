@@ -3,7 +3,10 @@
 //! Plugin calls are synchronous across the ABI and may block (fsync, a broker round trip), so
 //! every call runs on tokio's blocking pool, never on an async worker. The instance moves into
 //! the blocking task and comes back with the result. If the call is abandoned (a timeout), the
-//! instance never comes back: the stage is "lost" and gets a new instance from its factory.
+//! instance never comes back: the stage is "lost" and gets a new instance from its factory. The
+//! abandoned instance is dropped on its blocking thread as soon as its call returns, and the
+//! replacement waits for that (up to a bound): what the old one holds (a listening port, a lock)
+//! is released before the new one opens.
 
 use std::sync::Arc;
 
@@ -31,6 +34,8 @@ pub struct StageInstance<T> {
     /// which instance produced something (a source's batch is acknowledged only to its own).
     generation: u64,
     span: tracing::Span,
+    /// The blocking task of the last abandoned call; it finishes once that instance is dropped.
+    abandoned: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl<T: Send + 'static> StageInstance<T> {
@@ -43,6 +48,7 @@ impl<T: Send + 'static> StageInstance<T> {
             factory,
             generation: 0,
             span,
+            abandoned: None,
         }
     }
 
@@ -73,9 +79,39 @@ impl<T: Send + 'static> StageInstance<T> {
         self.generation
     }
 
-    /// Forgets an instance whose call was abandoned; the blocking thread still owns it.
+    /// Forgets an instance whose call was abandoned; the blocking thread still owns it and drops
+    /// it when the call returns.
     pub fn abandon(&mut self) {
         self.instance = None;
+    }
+
+    /// Waits up to `grace` for the instance of an abandoned call to be dropped, so that what it
+    /// holds is free for its replacement. Returns whether it was (or there was none).
+    pub async fn release_abandoned(&mut self, grace: std::time::Duration) -> bool {
+        let Some(mut handle) = self.abandoned.take() else {
+            return true;
+        };
+        if handle.is_finished() {
+            return true;
+        }
+        let _g = self.span.enter();
+        tracing::info!(
+            "waiting up to {} for the abandoned instance's call to return and release what it holds",
+            humantime::format_duration(grace)
+        );
+        drop(_g);
+        match tokio::time::timeout(grace, &mut handle).await {
+            Ok(_) => true,
+            Err(_) => {
+                let _g = self.span.enter();
+                tracing::warn!(
+                    "the abandoned instance's call is still running after {}; making a new \
+                     instance anyway (the old one may still hold a port or a lock)",
+                    humantime::format_duration(grace)
+                );
+                false
+            }
+        }
     }
 
     /// Drops an instance that panicked (its state cannot be trusted), off the async thread.
@@ -111,14 +147,21 @@ impl<T: Send + 'static> StageInstance<T> {
             return Err(PluginError::retriable("the stage has no instance"));
         };
         let span = self.span.clone();
-        let (instance, result) = tokio::task::spawn_blocking(move || {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
             let r = f(&mut instance);
-            (instance, r)
-        })
-        .instrument(self.span.clone())
-        .await
-        .expect("the SDK catches plugin panics; a join error means the host itself panicked");
+            // If this call was abandoned (the receiver is gone), the instance is dropped here,
+            // before the task finishes: `release_abandoned` waits for exactly that.
+            drop(tx.send((instance, r)));
+        });
+        // Kept while the call runs: if this future is dropped (a timeout), the handle stays.
+        self.abandoned = Some(task);
+        let (instance, result) = rx
+            .instrument(self.span.clone())
+            .await
+            .expect("the SDK catches plugin panics; a lost result means the host itself panicked");
+        self.abandoned = None;
         self.instance = Some(instance);
         result
     }

@@ -434,6 +434,13 @@ impl PolicyStack {
                     humantime::format_duration(backoff)
                 );
                 sleep_or_stop(backoff, stop).await?;
+                // An instance abandoned after a timeout may hold what its replacement needs
+                // (the http source's port): give its call up to one more timeout to return.
+                let grace = self.timeout.unwrap_or(DEFAULT_TIMEOUT);
+                tokio::select! {
+                    _ = stage.release_abandoned(grace) => {}
+                    _ = stop.cancelled() => return Err(CallError::Stopped),
+                }
             }
             self.pass_breaker(stop).await?;
             attempts += 1;

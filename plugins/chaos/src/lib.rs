@@ -74,6 +74,10 @@ pub struct Faults {
     poison_every: Option<u64>,
     #[serde(default)]
     instance_positions: bool,
+    /// Listens on this address for the instance's life (as the http source does), refusing to
+    /// open while another instance holds it.
+    #[serde(default)]
+    listen: Option<String>,
     // Sink only.
     #[serde(default)]
     path: Option<PathBuf>,
@@ -177,6 +181,7 @@ pub struct ChaosSource {
     poison_every: Option<u64>,
     /// With `instance_positions`: this instance's number, the first 8 bytes of its positions.
     instance: Option<u64>,
+    _listener: Option<std::net::TcpListener>,
 }
 
 /// Numbers of source instances in the process.
@@ -195,7 +200,14 @@ impl Source for ChaosSource {
         let instance = faults
             .instance_positions
             .then(|| INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let listener = match &faults.listen {
+            Some(address) => Some(std::net::TcpListener::bind(address).map_err(|e| {
+                PluginError::config(format!("chaos: cannot listen on {address}: {e}"))
+            })?),
+            None => None,
+        };
         Ok(ChaosSource {
+            _listener: listener,
             count: faults.count.unwrap_or(u64::MAX),
             poison_every: faults.poison_every.filter(|k| *k > 0),
             injector: Injector::new(faults, "source"),
