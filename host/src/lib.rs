@@ -1,8 +1,9 @@
 //! The Orbit host: loads plugin libraries and runs pipelines.
 //!
 //! Modules follow the data: [`config`] (pipeline files) → [`plugin`] (search path, loading,
-//! registry) → [`pipeline`] (stages, batches, acks) → [`policy`] (what wraps each stage call) →
-//! [`offsets`] (where acknowledged positions are kept).
+//! registry, instances and how they are called) → [`policy`] (what wraps each stage call) →
+//! [`pipeline`] (the run: stages, batches, acks) → [`offsets`] (where acknowledged positions are
+//! kept). Each imports only those before it (and `offsets`), so there is no module cycle.
 
 // Diagnostics carry file, position, key, message and hint; they are built on the cold path of
 // loading a file, so their size does not matter and boxing them would only add noise.

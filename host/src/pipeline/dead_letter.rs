@@ -22,8 +22,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::{PipelineError, Shared, Stage, StageId};
+use super::stage::Stage;
+use super::{PipelineError, Shared};
 use crate::config::Tolerance;
+use crate::plugin::StageId;
 use crate::policy::CallError;
 
 /// One record a stage failed, by its index in the stage's input batch.

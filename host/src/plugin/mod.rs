@@ -1,11 +1,16 @@
-//! Plugin libraries: where they are searched, how they are loaded, and the registry of the
-//! components they provide.
+//! Plugin libraries: where they are searched, how they are loaded, the registry of the
+//! components they provide, and how a component is instantiated ([`factory`]) and called
+//! ([`StageInstance`]).
 
 mod elf;
+mod factory;
+mod instance;
 mod loader;
 mod logging;
 mod search_path;
 
+pub use factory::{sink_factory, source_factory, transform_factory, StageConfig};
+pub use instance::{Factory, StageId, StageInstance};
 pub use loader::{load_library, Library, LoadError};
 pub use search_path::{SearchPath, SearchPathSource};
 

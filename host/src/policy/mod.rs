@@ -23,7 +23,7 @@ use orbit_plugin_api::{ErrorKind, PluginError};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, PolicySpec};
-use crate::pipeline::StageInstance;
+use crate::plugin::StageInstance;
 use breaker::{BreakerPolicy, BreakerState, CircuitBreaker, Transition};
 use rate_limit::{Admission, OnLimit, RateLimitPolicy, RateLimiter};
 use restart::{RestartBudget, RestartPolicy};

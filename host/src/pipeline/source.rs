@@ -1,0 +1,274 @@
+//! The source loop: polls batches, hands them downstream, and acknowledges finished ones in
+//! order (positions to the source, offsets to the store).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use orbit_plugin_api::ffi::SourceBox;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use abi_stable::std_types::RVec;
+
+use super::acks::{self, AckTracker};
+use super::stage::Stage;
+use super::{Batch, PipelineError, Shared};
+use crate::config::BatchSpec;
+use crate::offsets::Offsets;
+
+pub(super) struct SourceTask {
+    pub(super) source: Stage<SourceBox>,
+    pub(super) tx: mpsc::Sender<Batch>,
+    pub(super) completions: mpsc::UnboundedReceiver<u64>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) shutdown: CancellationToken,
+    pub(super) offsets: Offsets,
+    /// What a recreated source resumes from.
+    pub(super) acked_offsets: Arc<Mutex<Offsets>>,
+    pub(super) offsets_tx: watch::Sender<Offsets>,
+    pub(super) batch: BatchSpec,
+    pub(super) grace: Duration,
+}
+
+enum SourceEvent<'a> {
+    Stopped,
+    Shutdown,
+    Completed(u64),
+    Permit(mpsc::Permit<'a, Batch>),
+    GraceExpired,
+    IdleOver,
+}
+
+async fn reserve(tx: &Option<mpsc::Sender<Batch>>) -> Option<mpsc::Permit<'_, Batch>> {
+    match tx {
+        Some(tx) => tx.reserve().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Why the source loop ended.
+enum Ended {
+    Done,
+    Failed(PipelineError),
+}
+
+pub(super) async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
+    let SourceTask {
+        mut source,
+        tx,
+        mut completions,
+        shared,
+        shutdown,
+        mut offsets,
+        acked_offsets,
+        offsets_tx,
+        batch,
+        grace,
+    } = task;
+    let mut tx = Some(tx);
+    let mut tracker = AckTracker::default();
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    // Set after a poll came back empty before `max_wait` while batches were in flight: the
+    // source has nothing until they are acknowledged (a broker's prefetch credit is used up),
+    // so the next poll waits for a completion or this instant instead of spinning.
+    let mut idle_until: Option<tokio::time::Instant> = None;
+    let max_records = batch.max_records.min(u32::MAX as usize) as u32;
+    let max_wait_ms = batch.max_wait.as_millis().min(u64::MAX as u128) as u64;
+    let span = source.instance.span().clone();
+    let mut acks = Acknowledger {
+        tracker: &mut tracker,
+        offsets: &mut offsets,
+        acked_offsets: &acked_offsets,
+        offsets_tx: &offsets_tx,
+        shared: &shared,
+    };
+
+    let ended = loop {
+        if tx.is_none() && acks.tracker.in_flight() == 0 {
+            break Ended::Done;
+        }
+        // The event borrows `tx` (a send permit); the block ends the borrow before `tx` changes.
+        let mut stop_polling = false;
+        {
+            let event = tokio::select! {
+                biased;
+                _ = shared.stop.cancelled() => SourceEvent::Stopped,
+                Some(id) = completions.recv() => SourceEvent::Completed(id),
+                _ = shutdown.cancelled(), if tx.is_some() => SourceEvent::Shutdown,
+                _ = sleep_until(drain_deadline) => SourceEvent::GraceExpired,
+                _ = sleep_until(idle_until) => SourceEvent::IdleOver,
+                Some(permit) = reserve(&tx), if idle_until.is_none() => SourceEvent::Permit(permit),
+            };
+            match event {
+                SourceEvent::Stopped => break Ended::Done,
+                SourceEvent::Shutdown => {
+                    tracing::info!(
+                        in_flight_batches = acks.tracker.in_flight(),
+                        "shutting down: stopped polling, draining in-flight batches"
+                    );
+                    stop_polling = true;
+                    drain_deadline = Some(tokio::time::Instant::now() + grace);
+                }
+                SourceEvent::GraceExpired => {
+                    tracing::warn!(
+                        in_flight_batches = acks.tracker.in_flight(),
+                        grace = %humantime::format_duration(grace),
+                        "grace period over with batches undelivered; their positions stay unacknowledged and will be read again"
+                    );
+                    shared.stop.cancel();
+                    break Ended::Done;
+                }
+                SourceEvent::IdleOver => idle_until = None,
+                SourceEvent::Completed(id) => {
+                    idle_until = None;
+                    if let Err(e) = acks.complete(id, &mut completions) {
+                        break Ended::Failed(e);
+                    }
+                    if let Err(e) = acks.acknowledge(&mut source).instrument(span.clone()).await {
+                        break e.map_or(Ended::Done, Ended::Failed);
+                    }
+                }
+                SourceEvent::Permit(permit) => {
+                    let poll_started = tokio::time::Instant::now();
+                    let polled = source
+                        .policy
+                        .call(&mut source.instance, 0, &shared.stop, move |s| {
+                            s.poll(max_records, max_wait_ms).into_result()
+                        })
+                        .instrument(span.clone())
+                        .await;
+                    let mut out = match polled {
+                        Ok((out, _attempts)) => out,
+                        Err(e) => {
+                            break shared
+                                .source_error(&source.instance.id, e)
+                                .map_or(Ended::Done, Ended::Failed)
+                        }
+                    };
+                    let polled_count = out.records.len();
+                    shared.stats.record_polled(polled_count);
+                    // Rate limit after the poll: a source's batch size is known only now.
+                    let admitted = source.policy.sample(polled_count).await;
+                    if admitted < polled_count {
+                        out.records.truncate(admitted);
+                        shared.stats.record_dropped(polled_count - admitted);
+                    }
+                    if source
+                        .policy
+                        .throttle(out.records.len(), &shared.stop)
+                        .await
+                        .is_err()
+                    {
+                        break Ended::Done;
+                    }
+                    // The instance that made the poll: its batch is acknowledged only to it.
+                    let id = acks
+                        .tracker
+                        .register(source.instance.generation(), out.positions.into_vec());
+                    if out.records.is_empty() {
+                        drop(permit);
+                        // More in flight than this empty batch: see `idle_until`.
+                        if polled_count == 0 && acks.tracker.in_flight() > 1 {
+                            let until = poll_started + batch.max_wait;
+                            if tokio::time::Instant::now() < until {
+                                idle_until = Some(until);
+                            }
+                        }
+                        if let Err(e) = acks.complete(id, &mut completions) {
+                            break Ended::Failed(e);
+                        }
+                        if let Err(e) = acks.acknowledge(&mut source).instrument(span.clone()).await
+                        {
+                            break e.map_or(Ended::Done, Ended::Failed);
+                        }
+                    } else {
+                        permit.send(Batch {
+                            id,
+                            records: out.records,
+                        });
+                    }
+                    if out.end_of_stream {
+                        tracing::info!("source reached the end of its input; draining");
+                        stop_polling = true;
+                    }
+                }
+            }
+        }
+        if stop_polling {
+            tx = None;
+        }
+    };
+    source.instance.close(|s| s.close().into_result()).await;
+    drop(offsets_tx);
+    match ended {
+        Ended::Done => Ok(()),
+        Ended::Failed(e) => Err(e),
+    }
+}
+
+/// Acknowledges finished batches to the source and hands their offsets to the store.
+struct Acknowledger<'a> {
+    tracker: &'a mut AckTracker,
+    offsets: &'a mut Offsets,
+    acked_offsets: &'a Mutex<Offsets>,
+    offsets_tx: &'a watch::Sender<Offsets>,
+    shared: &'a Shared,
+}
+
+impl Acknowledger<'_> {
+    /// Marks batch `id` finished, and every other completion already waiting.
+    fn complete(
+        &mut self,
+        id: u64,
+        completions: &mut mpsc::UnboundedReceiver<u64>,
+    ) -> Result<(), PipelineError> {
+        let internal = |e: acks::AckError| PipelineError::Internal {
+            pipeline: self.shared.pipeline.clone(),
+            detail: e.to_string(),
+        };
+        self.tracker.complete(id).map_err(internal)?;
+        while let Ok(id) = completions.try_recv() {
+            self.tracker.complete(id).map_err(internal)?;
+        }
+        Ok(())
+    }
+
+    /// `Err(None)` when the pipeline is stopping.
+    async fn acknowledge(
+        &mut self,
+        source: &mut Stage<SourceBox>,
+    ) -> Result<(), Option<PipelineError>> {
+        let current = source.instance.generation();
+        let released = self.tracker.take_ready(current);
+        if released.is_empty() {
+            return Ok(());
+        }
+        for p in &released.store {
+            self.offsets
+                .insert((p.stream.to_string(), p.partition), p.offset.to_vec());
+        }
+        if !released.ack.is_empty() {
+            // Only to the instance that polled these batches; if it is gone by now, a later
+            // one never sees them (their delivery tags or sequences are not its own).
+            let positions: Arc<RVec<_>> = Arc::new(released.ack.into());
+            source
+                .policy
+                .call_pinned(&mut source.instance, current, &self.shared.stop, move |s| {
+                    s.ack(positions.as_rslice()).into_result()
+                })
+                .await
+                .map_err(|e| self.shared.source_error(&source.instance.id, e))?;
+        }
+        *self.acked_offsets.lock().expect("offsets lock") = self.offsets.clone();
+        self.offsets_tx.send_replace(self.offsets.clone());
+        Ok(())
+    }
+}

@@ -1,0 +1,60 @@
+//! Factories: how a loaded component becomes a new instance, each time a stage needs one.
+
+use std::sync::{Arc, Mutex};
+
+use abi_stable::std_types::RString;
+use orbit_plugin_api::ffi::{SinkBox, SourceBox, SourceContextFfi, StageContextFfi, TransformBox};
+
+use super::{Component, Factory};
+use crate::offsets::{to_positions, Offsets};
+
+/// What every instance of one stage is made with.
+#[derive(Clone)]
+pub struct StageConfig {
+    pub pipeline: String,
+    /// The stage's name in the pipeline (`source`, `transforms[0]`, or its `name:`).
+    pub stage: String,
+    pub component: Component,
+    /// The `config:` block as JSON text.
+    pub config_json: String,
+}
+
+impl StageConfig {
+    fn ctx(&self) -> StageContextFfi {
+        StageContextFfi {
+            pipeline: RString::from(self.pipeline.as_str()),
+            stage: RString::from(self.stage.as_str()),
+            config: RString::from(self.config_json.as_str()),
+        }
+    }
+}
+
+pub fn transform_factory(s: &StageConfig) -> Factory<TransformBox> {
+    let module = s.component.library.module;
+    let name = s.component.name.clone();
+    let ctx = s.ctx();
+    Arc::new(move || (module.create_transform())(name.as_str().into(), ctx.clone()).into_result())
+}
+
+pub fn sink_factory(s: &StageConfig) -> Factory<SinkBox> {
+    let module = s.component.library.module;
+    let name = s.component.name.clone();
+    let ctx = s.ctx();
+    Arc::new(move || (module.create_sink())(name.as_str().into(), ctx.clone()).into_result())
+}
+
+/// A source is reopened from the offsets acknowledged so far, read when it is (re)created.
+pub fn source_factory(s: &StageConfig, offsets: Arc<Mutex<Offsets>>) -> Factory<SourceBox> {
+    let module = s.component.library.module;
+    let name = s.component.name.clone();
+    let ctx = s.ctx();
+    Arc::new(move || {
+        let ctx = SourceContextFfi {
+            pipeline: ctx.pipeline.clone(),
+            stage: ctx.stage.clone(),
+            config: ctx.config.clone(),
+            offsets: to_positions(&offsets.lock().expect("offsets lock")).into(),
+        };
+        (module.create_source())(name.as_str().into(), ctx).into_result()
+    })
+}
