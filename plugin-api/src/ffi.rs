@@ -6,8 +6,10 @@
 //! any difference, naming the type.
 //!
 //! Rules for changing this file without breaking plugins already built:
-//! * a new function in [`PluginModule`] goes after the `last_prefix_field`, and the host checks
-//!   for it with the generated accessor (it returns `None` for an older library);
+//! * a new function in [`PluginModule`] goes after the `last_prefix_field` with
+//!   `#[sabi(missing_field(option))]`, and the host checks for it with the generated accessor,
+//!   which then returns `None` for an older library (the struct's own default,
+//!   `missing_field(panic)`, would panic instead);
 //! * a new method on a `#[sabi_trait]` goes after its `last_prefix_field` likewise;
 //! * any other change is a new plugin-api minor version (0.x) and old plugins are refused.
 
