@@ -155,19 +155,13 @@ pub(super) async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
                     };
                     let polled_count = out.records.len();
                     shared.stats.record_polled(polled_count);
-                    // Rate limit after the poll: a source's batch size is known only now.
-                    let admitted = source.policy.sample(polled_count).await;
-                    if admitted < polled_count {
-                        out.records.truncate(admitted);
-                        shared.stats.record_dropped(polled_count - admitted);
-                    }
-                    if source
+                    match source
                         .policy
-                        .throttle(out.records.len(), &shared.stop)
+                        .admit_polled(&mut out.records, &shared.stop)
                         .await
-                        .is_err()
                     {
-                        break Ended::Done;
+                        Ok(dropped) => shared.stats.record_dropped(dropped),
+                        Err(_) => break Ended::Done,
                     }
                     // The instance that made the poll: its batch is acknowledged only to it.
                     let id = acks

@@ -60,14 +60,12 @@ impl<T: Send + 'static> Stage<T> {
     }
 }
 
-/// Applies `on_limit: drop` sampling to a batch before the call, counting what it drops.
-/// (Takes the policy, not the stage: a `&Stage` held across an await would need a `Sync`
-/// plugin instance.)
+/// Applies `on_limit: drop` to a batch before the call, counting what it drops. (Takes the
+/// policy, not the stage: a `&Stage` held across an await would need a `Sync` plugin instance.)
 pub(super) async fn sample(policy: &PolicyStack, records: &mut RVec<Record>, shared: &Shared) {
-    let before = records.len();
-    let admitted = policy.sample(before).await;
-    records.truncate(admitted);
-    shared.stats.record_dropped(before - admitted);
+    shared
+        .stats
+        .record_dropped(policy.drop_over_limit(records).await);
 }
 
 impl Stage<SinkBox> {

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use abi_stable::std_types::RVec;
 use orbit_plugin_api::{ErrorKind, PluginError};
 use tokio_util::sync::CancellationToken;
 
@@ -290,9 +291,31 @@ impl PolicyStack {
         self.breaker.state()
     }
 
-    /// With `on_limit: drop`, how many of `records` may go on (the rest are dropped on
-    /// purpose). Without it, all of them: waiting happens inside [`PolicyStack::call`].
-    pub async fn sample(&self, records: usize) -> usize {
+    /// With `on_limit: drop`, cuts `records` down to what the rate limit admits (the rest are
+    /// dropped on purpose, and acknowledged like delivered ones); returns how many were dropped.
+    /// Without it, nothing: waiting happens inside [`PolicyStack::call`].
+    pub async fn drop_over_limit<R>(&self, records: &mut RVec<R>) -> usize {
+        let before = records.len();
+        let admitted = self.sample(before).await;
+        records.truncate(admitted);
+        before - admitted
+    }
+
+    /// The rate limit on what a source returned, whose size is known only after the poll:
+    /// records over the limit dropped (`on_limit: drop`, returning how many) or a wait for
+    /// capacity (`wait`).
+    pub async fn admit_polled<R>(
+        &self,
+        records: &mut RVec<R>,
+        stop: &CancellationToken,
+    ) -> Result<usize, CallError> {
+        let dropped = self.drop_over_limit(records).await;
+        self.throttle(records.len(), stop).await?;
+        Ok(dropped)
+    }
+
+    /// With `on_limit: drop`, how many of `records` may go on.
+    async fn sample(&self, records: usize) -> usize {
         match (&self.rate, self.on_limit) {
             (Some(rate), OnLimit::Drop) => {
                 let Admission { admitted, .. } = rate.admit(records).await;
@@ -310,11 +333,7 @@ impl PolicyStack {
     }
 
     /// Waits for rate-limit capacity for `records` (wait mode).
-    pub async fn throttle(
-        &self,
-        records: usize,
-        stop: &CancellationToken,
-    ) -> Result<(), CallError> {
+    async fn throttle(&self, records: usize, stop: &CancellationToken) -> Result<(), CallError> {
         let (Some(rate), OnLimit::Wait) = (&self.rate, self.on_limit) else {
             return Ok(());
         };
