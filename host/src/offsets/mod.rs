@@ -5,6 +5,10 @@
 //! atomically (write a temporary file, fsync it, rename it over the old one, fsync the
 //! directory): a crash leaves either the old or the new file, never a torn one.
 
+mod ledger;
+
+pub use ledger::{Ledger, LedgerReader};
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -8,7 +8,9 @@
 //!     └────────── completed batch ids ◀──────────┘ (and from transforms that emptied a batch)
 //! ```
 //!
-//! The source task owns the source instance, the [`acks::AckTracker`] and the offsets. Every
+//! The source task owns the source instance, the [`acks::AckTracker`] and the offsets
+//! [`Ledger`] (the one copy of the acknowledged positions; the persister and a recreated
+//! source read it). Every
 //! plugin call goes through the stage's [`PolicyStack`] (retry, breaker, rate limit, timeout,
 //! restarts). Records a transform or sink fails go to the dead-letter task (with
 //! `errors.tolerance: all`) before their batch counts as finished, or stop the pipeline
@@ -32,12 +34,12 @@ use std::time::{Duration, Instant};
 
 use abi_stable::std_types::RVec;
 use orbit_plugin_api::{PluginError, Record};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::config::{PipelineSpec, StageRole, Tolerance};
-use crate::offsets::{FileOffsetStore, OffsetStoreError};
+use crate::offsets::{FileOffsetStore, Ledger, OffsetStoreError};
 use crate::plugin::{sink_factory, source_factory, transform_factory, StageId};
 use crate::policy::CallError;
 use dead_letter::DeadLetterRequest;
@@ -193,7 +195,7 @@ impl Pipeline {
                 "resuming from stored offsets"
             );
         }
-        let acked_offsets = Arc::new(Mutex::new(offsets.clone()));
+        let ledger = Ledger::new(offsets);
 
         let (completions_tx, completions_rx) = mpsc::unbounded_channel();
         let (dead_letter_tx, dead_letter_rx) = mpsc::channel(1);
@@ -226,7 +228,7 @@ impl Pipeline {
         let source_spec = self.stage(StageRole::Source).expect("a source").clone();
         let mut source = Stage::new(
             &source_spec,
-            source_factory(&stage_config(&name, &source_spec), acked_offsets.clone()),
+            source_factory(&stage_config(&name, &source_spec), ledger.reader()),
         );
         source.start(&shared).await.map_err(fail_early)?;
         let mut transforms = Vec::new();
@@ -253,11 +255,12 @@ impl Pipeline {
         metrics.extend(dead_letter_sink.iter().map(Stage::metrics));
 
         let mut tasks = tokio::task::JoinSet::new();
-        let (offsets_tx, offsets_rx) = watch::channel(offsets.clone());
+
         let persister = tokio::spawn(
             persist_offsets(
                 self.store.clone(),
-                offsets_rx,
+                ledger.reader(),
+                ledger.subscribe(),
                 self.spec.offsets.flush_interval,
                 shared.clone(),
             )
@@ -294,9 +297,7 @@ impl Pipeline {
             completions: completions_rx,
             shared: shared.clone(),
             shutdown,
-            offsets,
-            acked_offsets,
-            offsets_tx,
+            ledger,
             batch: self.spec.batch.clone(),
             grace: self.grace,
         })

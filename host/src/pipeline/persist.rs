@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::{PipelineError, Shared};
-use crate::offsets::{FileOffsetStore, OffsetStoreError, Offsets};
+use crate::offsets::{FileOffsetStore, LedgerReader, OffsetStoreError};
 
 /// Writes the latest acknowledged offsets when they change, at most once per `interval`
 /// (updates in between are coalesced: only the latest matters), and the final value at once
@@ -16,11 +16,12 @@ use crate::offsets::{FileOffsetStore, OffsetStoreError, Offsets};
 /// re-read everything since, and hide the cause until the end.
 pub(super) async fn persist_offsets(
     store: FileOffsetStore,
-    rx: watch::Receiver<Offsets>,
+    ledger: LedgerReader,
+    changes: watch::Receiver<u64>,
     interval: Duration,
     shared: Arc<Shared>,
 ) {
-    if let Err(source) = persist_offsets_until_closed(store, rx, interval).await {
+    if let Err(source) = persist_offsets_until_closed(store, ledger, changes, interval).await {
         shared.fail(PipelineError::Offsets {
             pipeline: shared.pipeline.clone(),
             source,
@@ -30,24 +31,26 @@ pub(super) async fn persist_offsets(
 
 async fn persist_offsets_until_closed(
     store: FileOffsetStore,
-    mut rx: watch::Receiver<Offsets>,
+    ledger: LedgerReader,
+    mut changes: watch::Receiver<u64>,
     interval: Duration,
 ) -> Result<(), OffsetStoreError> {
-    let mut saved = rx.borrow().clone();
+    let mut saved = *changes.borrow();
     let mut next_save = tokio::time::Instant::now();
     loop {
-        let mut closed = rx.changed().await.is_err();
+        let mut closed = changes.changed().await.is_err();
         // Let updates pile up until the interval is over, unless the source task ends.
         while !closed && tokio::time::Instant::now() < next_save {
             tokio::select! {
                 _ = tokio::time::sleep_until(next_save) => break,
-                changed = rx.changed() => closed = changed.is_err(),
+                changed = changes.changed() => closed = changed.is_err(),
             }
         }
-        let latest = rx.borrow_and_update().clone();
+        let latest = *changes.borrow_and_update();
         if latest != saved {
+            // Read after the version: it holds at least what that version recorded.
+            let snapshot = ledger.snapshot();
             let s = store.clone();
-            let snapshot = latest.clone();
             tokio::task::spawn_blocking(move || s.save(&snapshot))
                 .await
                 .expect("offset save")?;

@@ -1,11 +1,11 @@
 //! The source loop: polls batches, hands them downstream, and acknowledges finished ones in
 //! order (positions to the source, offsets to the store).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use orbit_plugin_api::ffi::SourceBox;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -15,7 +15,7 @@ use super::acks::{self, AckTracker};
 use super::stage::Stage;
 use super::{Batch, PipelineError, Shared};
 use crate::config::BatchSpec;
-use crate::offsets::Offsets;
+use crate::offsets::Ledger;
 
 pub(super) struct SourceTask {
     pub(super) source: Stage<SourceBox>,
@@ -23,10 +23,8 @@ pub(super) struct SourceTask {
     pub(super) completions: mpsc::UnboundedReceiver<u64>,
     pub(super) shared: Arc<Shared>,
     pub(super) shutdown: CancellationToken,
-    pub(super) offsets: Offsets,
-    /// What a recreated source resumes from.
-    pub(super) acked_offsets: Arc<Mutex<Offsets>>,
-    pub(super) offsets_tx: watch::Sender<Offsets>,
+    /// Where acknowledged positions go; dropped when the loop ends, which ends the persister.
+    pub(super) ledger: Ledger,
     pub(super) batch: BatchSpec,
     pub(super) grace: Duration,
 }
@@ -67,9 +65,7 @@ pub(super) async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
         mut completions,
         shared,
         shutdown,
-        mut offsets,
-        acked_offsets,
-        offsets_tx,
+        ledger,
         batch,
         grace,
     } = task;
@@ -85,9 +81,7 @@ pub(super) async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
     let span = source.instance.span().clone();
     let mut acks = Acknowledger {
         tracker: &mut tracker,
-        offsets: &mut offsets,
-        acked_offsets: &acked_offsets,
-        offsets_tx: &offsets_tx,
+        ledger: &ledger,
         shared: &shared,
     };
 
@@ -201,7 +195,7 @@ pub(super) async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
         }
     };
     source.instance.close(|s| s.close().into_result()).await;
-    drop(offsets_tx);
+    drop(ledger);
     match ended {
         Ended::Done => Ok(()),
         Ended::Failed(e) => Err(e),
@@ -211,9 +205,7 @@ pub(super) async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
 /// Acknowledges finished batches to the source and hands their offsets to the store.
 struct Acknowledger<'a> {
     tracker: &'a mut AckTracker,
-    offsets: &'a mut Offsets,
-    acked_offsets: &'a Mutex<Offsets>,
-    offsets_tx: &'a watch::Sender<Offsets>,
+    ledger: &'a Ledger,
     shared: &'a Shared,
 }
 
@@ -245,10 +237,7 @@ impl Acknowledger<'_> {
         if released.is_empty() {
             return Ok(());
         }
-        for p in &released.store {
-            self.offsets
-                .insert((p.stream.to_string(), p.partition), p.offset.to_vec());
-        }
+        self.ledger.record(&released.store);
         if !released.ack.is_empty() {
             // Only to the instance that polled these batches; if it is gone by now, a later
             // one never sees them (their delivery tags or sequences are not its own).
@@ -261,8 +250,6 @@ impl Acknowledger<'_> {
                 .await
                 .map_err(|e| self.shared.source_error(&source.instance.id, e))?;
         }
-        *self.acked_offsets.lock().expect("offsets lock") = self.offsets.clone();
-        self.offsets_tx.send_replace(self.offsets.clone());
         Ok(())
     }
 }

@@ -1,12 +1,12 @@
 //! Factories: how a loaded component becomes a new instance, each time a stage needs one.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use abi_stable::std_types::RString;
 use orbit_plugin_api::ffi::{SinkBox, SourceBox, SourceContextFfi, StageContextFfi, TransformBox};
 
 use super::{Component, Factory};
-use crate::offsets::{to_positions, Offsets};
+use crate::offsets::LedgerReader;
 
 /// What every instance of one stage is made with.
 #[derive(Clone)]
@@ -44,7 +44,7 @@ pub fn sink_factory(s: &StageConfig) -> Factory<SinkBox> {
 }
 
 /// A source is reopened from the offsets acknowledged so far, read when it is (re)created.
-pub fn source_factory(s: &StageConfig, offsets: Arc<Mutex<Offsets>>) -> Factory<SourceBox> {
+pub fn source_factory(s: &StageConfig, offsets: LedgerReader) -> Factory<SourceBox> {
     let module = s.component.library.module;
     let name = s.component.name.clone();
     let ctx = s.ctx();
@@ -53,7 +53,7 @@ pub fn source_factory(s: &StageConfig, offsets: Arc<Mutex<Offsets>>) -> Factory<
             pipeline: ctx.pipeline.clone(),
             stage: ctx.stage.clone(),
             config: ctx.config.clone(),
-            offsets: to_positions(&offsets.lock().expect("offsets lock")).into(),
+            offsets: offsets.positions().into(),
         };
         (module.create_source())(name.as_str().into(), ctx).into_result()
     })
