@@ -94,24 +94,23 @@ impl<T: Send + 'static> StageInstance<T> {
         if handle.is_finished() {
             return true;
         }
-        let _g = self.span.enter();
-        tracing::info!(
-            "waiting up to {} for the abandoned instance's call to return and release what it holds",
-            humantime::format_duration(grace)
-        );
-        drop(_g);
-        match tokio::time::timeout(grace, &mut handle).await {
-            Ok(_) => true,
-            Err(_) => {
-                let _g = self.span.enter();
+        let grace_text = humantime::format_duration(grace);
+        self.span.in_scope(|| {
+            tracing::info!(
+                "waiting up to {grace_text} for the abandoned instance's call to return and \
+                 release what it holds"
+            )
+        });
+        let released = tokio::time::timeout(grace, &mut handle).await.is_ok();
+        if !released {
+            self.span.in_scope(|| {
                 tracing::warn!(
-                    "the abandoned instance's call is still running after {}; making a new \
-                     instance anyway (the old one may still hold a port or a lock)",
-                    humantime::format_duration(grace)
-                );
-                false
-            }
+                    "the abandoned instance's call is still running after {grace_text}; making \
+                     a new instance anyway (the old one may still hold a port or a lock)"
+                )
+            });
         }
+        released
     }
 
     /// Drops an instance that panicked (its state cannot be trusted), off the async thread.

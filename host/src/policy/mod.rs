@@ -9,6 +9,7 @@
 //! the dead-letter sink. Every event (retry, breaker transition, rate-limit wait or drop,
 //! timeout, restart) is a log line and a counter in [`PolicyMetrics`].
 
+mod admit;
 pub mod breaker;
 pub mod rate_limit;
 mod resolve;
@@ -22,13 +23,12 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use abi_stable::std_types::RVec;
 use orbit_plugin_api::{ErrorKind, PluginError};
 use tokio_util::sync::CancellationToken;
 
 use crate::plugin::StageInstance;
 use breaker::{BreakerState, CircuitBreaker, Transition};
-use rate_limit::{Admission, OnLimit, RateLimiter};
+use rate_limit::{OnLimit, RateLimiter};
 use restart::RestartBudget;
 use retry::RetryPolicy;
 
@@ -104,67 +104,6 @@ impl PolicyStack {
 
     pub fn breaker_state(&self) -> BreakerState {
         self.breaker.state()
-    }
-
-    /// With `on_limit: drop`, cuts `records` down to what the rate limit admits (the rest are
-    /// dropped on purpose, and acknowledged like delivered ones); returns how many were dropped.
-    /// Without it, nothing: waiting happens inside [`PolicyStack::call`].
-    pub async fn drop_over_limit<R>(&self, records: &mut RVec<R>) -> usize {
-        let before = records.len();
-        let admitted = self.sample(before).await;
-        records.truncate(admitted);
-        before - admitted
-    }
-
-    /// The rate limit on what a source returned, whose size is known only after the poll:
-    /// records over the limit dropped (`on_limit: drop`, returning how many) or a wait for
-    /// capacity (`wait`).
-    pub async fn admit_polled<R>(
-        &self,
-        records: &mut RVec<R>,
-        stop: &CancellationToken,
-    ) -> Result<usize, CallError> {
-        let dropped = self.drop_over_limit(records).await;
-        self.throttle(records.len(), stop).await?;
-        Ok(dropped)
-    }
-
-    /// With `on_limit: drop`, how many of `records` may go on.
-    async fn sample(&self, records: usize) -> usize {
-        match (&self.rate, self.on_limit) {
-            (Some(rate), OnLimit::Drop) => {
-                let Admission { admitted, .. } = rate.admit(records).await;
-                let dropped = records - admitted;
-                if dropped > 0 {
-                    self.metrics
-                        .rate_limit_dropped
-                        .fetch_add(dropped as u64, Relaxed);
-                    tracing::debug!(dropped, "rate limit: dropped records over the limit");
-                }
-                admitted
-            }
-            _ => records,
-        }
-    }
-
-    /// Waits for rate-limit capacity for `records` (wait mode).
-    async fn throttle(&self, records: usize, stop: &CancellationToken) -> Result<(), CallError> {
-        let (Some(rate), OnLimit::Wait) = (&self.rate, self.on_limit) else {
-            return Ok(());
-        };
-        let admission = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return Err(CallError::Stopped),
-            a = rate.admit(records) => a,
-        };
-        if admission.waited > Duration::from_millis(1) {
-            self.metrics.rate_limit_waits.fetch_add(1, Relaxed);
-            self.metrics
-                .rate_limit_wait_micros
-                .fetch_add(admission.waited.as_micros() as u64, Relaxed);
-            tracing::trace!(waited = ?admission.waited, "rate limit: waited for capacity");
-        }
-        Ok(())
     }
 
     fn log_transition(&self, t: Option<Transition>) {
