@@ -73,11 +73,14 @@ pub trait Source: Send + Sized + 'static {
     /// Opens the source and resumes after `ctx.offsets`.
     fn open(config: Self::Config, ctx: SourceContext) -> Result<Self, PluginError>;
 
-    /// Returns up to `max_records` records, waiting at most about `max_wait` for the first
-    /// ones. An empty batch is fine; call [`SourceBatch::end_of_stream`] when there will never
-    /// be more. A source that can get nothing until earlier records are acknowledged (a
-    /// broker's prefetch credit used up) should return an empty batch at once: the host then
-    /// waits for its in-flight batches (or the rest of `max_wait`) before the next poll.
+    /// Returns up to `max_records` records: what is ready now, or, when nothing is, the first
+    /// ones to arrive within `max_wait` (return as soon as there are some; do not wait to fill
+    /// the batch). The host passes a zero `max_wait` while earlier batches are in flight: take
+    /// what is ready and return. Batches grow while the pipeline is busy because the host polls
+    /// less often then (group commit), not because a poll lingers. An empty batch is fine; call
+    /// [`SourceBatch::end_of_stream`] when there will never be more. A source that can get
+    /// nothing until earlier records are acknowledged (a broker's prefetch credit used up)
+    /// returns an empty batch at once: the host then waits for its in-flight batches.
     fn poll(&mut self, max_records: usize, max_wait: Duration) -> Result<SourceBatch, PluginError>;
 
     /// Every record up to and including these positions was delivered (written, dead-lettered

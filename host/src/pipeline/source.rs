@@ -72,9 +72,10 @@ pub(super) async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
     let mut tx = Some(tx);
     let mut tracker = AckTracker::default();
     let mut drain_deadline: Option<tokio::time::Instant> = None;
-    // Set after a poll came back empty before `max_wait` while batches were in flight: the
-    // source has nothing until they are acknowledged (a broker's prefetch credit is used up),
-    // so the next poll waits for a completion or this instant instead of spinning.
+    // Set after a poll came back empty while batches were in flight: records that arrive now
+    // wait for the first completion (or this instant, `max_wait` on) and go in one batch, and
+    // a source that has nothing until its batches are acknowledged (a broker's prefetch credit
+    // used up) gets its acknowledgements instead of being polled in a spin.
     let mut idle_until: Option<tokio::time::Instant> = None;
     let max_records = batch.max_records.min(u32::MAX as usize) as u32;
     let max_wait_ms = batch.max_wait.as_millis().min(u64::MAX as u128) as u64;
@@ -132,10 +133,18 @@ pub(super) async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
                 }
                 SourceEvent::Permit(permit) => {
                     let poll_started = tokio::time::Instant::now();
+                    // Group commit: an idle pipeline waits up to `max_wait` for the first
+                    // record and takes it at once; while batches are in flight the source only
+                    // takes what is ready, so the poll never holds back their acknowledgements.
+                    let wait_ms = if acks.tracker.in_flight() == 0 {
+                        max_wait_ms
+                    } else {
+                        0
+                    };
                     let polled = source
                         .policy
                         .call(&mut source.instance, 0, &shared.stop, move |s| {
-                            s.poll(max_records, max_wait_ms).into_result()
+                            s.poll(max_records, wait_ms).into_result()
                         })
                         .instrument(span.clone())
                         .await;
