@@ -1,7 +1,7 @@
 //! The cost of calling a plugin: one `write` of a batch to the `blackhole` sink (it only
-//! counts) through the stable ABI, bare and
-//! through the host's `StageInstance::call` (blocking pool hop), beside a plain Rust `dyn`
-//! call doing the same nothing. Per-record cost = time / batch size.
+//! counts) through the stable ABI, bare and through the host's `StageInstance::call` (a hop to
+//! the instance's runner thread and back), beside a plain Rust `dyn` call doing the same
+//! nothing. Per-record cost = time / batch size.
 //!
 //! Needs the release plugins: `cargo build --release --workspace && cargo bench -p orbit-host`.
 
@@ -67,14 +67,14 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let mut sink = blackhole_sink();
-    let mut staged = StageInstance::with_instance(
+    let mut staged = rt.block_on(StageInstance::with_instance(
         StageId {
             stage: "sink".into(),
             plugin: "blackhole".into(),
         },
         blackhole_sink(),
         std::sync::Arc::new(|| Ok(blackhole_sink())),
-    );
+    ));
     let mut plain: Box<dyn PlainSink> = Box::new(Noop);
     for n in [1usize, 64, 1024] {
         let records = batch(n);

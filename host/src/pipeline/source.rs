@@ -172,19 +172,21 @@ pub(super) async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
                         .register(source.instance.generation(), out.positions.into_vec());
                     if out.records.is_empty() {
                         drop(permit);
-                        // More in flight than this empty batch: see `idle_until`.
-                        if polled_count == 0 && acks.tracker.in_flight() > 1 {
-                            let until = poll_started + batch.max_wait;
-                            if tokio::time::Instant::now() < until {
-                                idle_until = Some(until);
-                            }
-                        }
+                        // Completing the empty batch also takes the completions already
+                        // waiting, so this counts what is still in flight after them.
                         if let Err(e) = acks.complete(id, &mut completions) {
                             break Ended::Failed(e);
                         }
                         if let Err(e) = acks.acknowledge(&mut source).instrument(span.clone()).await
                         {
                             break e.map_or(Ended::Done, Ended::Failed);
+                        }
+                        // Nothing ready while batches are in flight: see `idle_until`.
+                        if polled_count == 0 && acks.tracker.in_flight() > 0 {
+                            let until = poll_started + batch.max_wait;
+                            if tokio::time::Instant::now() < until {
+                                idle_until = Some(until);
+                            }
                         }
                     } else {
                         permit.send(Batch {
