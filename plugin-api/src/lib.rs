@@ -25,6 +25,7 @@ mod error;
 pub mod ffi;
 mod logging;
 mod record;
+pub mod redact;
 #[cfg(feature = "runtime")]
 mod runtime;
 mod sdk;
@@ -38,8 +39,8 @@ pub use runtime::runtime;
 #[doc(hidden)]
 pub use sdk::{__root_module, __ROOT_MODULE_LOADER_NAME};
 pub use sdk::{
-    PluginBuilder, RecordFailure, Sink, SinkContext, Source, SourceContext, Transform,
-    TransformContext, TransformOutput, WriteOutcome,
+    PluginBuilder, Sink, SinkContext, Source, SourceContext, Transform, TransformContext,
+    TransformOutput, WriteOutcome,
 };
 pub use template::Template;
 

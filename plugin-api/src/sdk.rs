@@ -23,9 +23,6 @@ use crate::ffi::{
 };
 use crate::record::SourceBatch;
 
-/// One record that a transform or sink could not handle, by its index in the input batch.
-pub type RecordFailure = RecordFailureFfi;
-
 /// What a source is given when it opens.
 #[derive(Debug, Clone)]
 pub struct SourceContext {

@@ -43,7 +43,7 @@ batch: {{ max_records: 1000, max_wait: 10s }}
 "#
         ),
     );
-    let mut child = s.spawn_logged(&["p.yaml", "--progress", "0s"], "host.log");
+    let mut child = KillOnDrop(s.spawn_logged(&["p.yaml", "--progress", "0s"], "host.log"));
     wait_for_explained(
         "the http source to listen",
         Duration::from_secs(60),

@@ -134,30 +134,13 @@ fn encode_component(s: &str, out: &mut String) {
     }
 }
 
-/// The URL without its password, for logs and errors.
+/// The URL without its password or query values, for logs and errors.
 pub fn redact(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(u) => redact_url(&u),
-        Err(_) => "<unparsable URL>".to_string(),
-    }
+    orbit_plugin_api::redact::redact_url(url)
 }
 
-/// The URL with its password and every query value replaced by `***` (query strings often
-/// carry tokens: `?api_key=`, `?sig=`).
 fn redact_url(url: &reqwest::Url) -> String {
-    let mut u = url.clone();
-    if u.password().is_some() {
-        let _ = u.set_password(Some("***"));
-    }
-    if u.query().is_some() {
-        let names: Vec<String> = u.query_pairs().map(|(k, _)| k.into_owned()).collect();
-        let mut q = u.query_pairs_mut();
-        q.clear();
-        for k in names {
-            q.append_pair(&k, "***");
-        }
-    }
-    u.to_string()
+    redact(url.as_str())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -267,24 +250,6 @@ struct Request {
     body: Vec<u8>,
     /// `per_record`: the record's dedup key, sent as `X-Orbit-Record-Id`.
     record_id: Option<String>,
-}
-
-/// A stable id for one record: `stream/partition/hex(offset)`, its source position, the same for
-/// every retry of the record and different for every record (a key names an entity, and one
-/// entity has many records: deduplicating on it would drop updates).
-fn record_id(r: &Record) -> String {
-    let id = format!(
-        "{}/{}/{}",
-        r.stream,
-        r.partition,
-        hex::encode(r.offset.as_slice())
-    );
-    if HeaderValue::from_str(&id).is_ok() {
-        id
-    } else {
-        // Not usable in a header as it is (control characters): hex, still stable.
-        hex::encode(id.as_bytes())
-    }
 }
 
 impl Sink for HttpSink {
@@ -548,7 +513,7 @@ impl HttpSink {
                             url: url.clone(),
                             indices: vec![i],
                             body: batch[i].value().to_vec(),
-                            record_id: Some(record_id(&batch[i])),
+                            record_id: Some(batch[i].position_id()),
                         });
                     }
                 }

@@ -406,7 +406,7 @@ impl KafkaSink {
                 });
             }
             if self.config.position_header {
-                position = position_text(r);
+                position = r.position_id();
                 headers = headers.insert(Header {
                     key: "orbit.position",
                     value: Some(position.as_bytes()),
@@ -515,14 +515,6 @@ impl KafkaSink {
         }
         Ok(outcome)
     }
-}
-
-fn position_text(r: &Record) -> String {
-    let mut s = format!("{}/{}/", r.stream, r.partition);
-    for b in r.offset.iter() {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
 }
 
 /// The admin client's futures are driven by librdkafka's threads; a minimal executor waits.

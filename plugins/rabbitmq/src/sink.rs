@@ -5,7 +5,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use base64_free::encode_offset;
 use futures_lite::future;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -17,18 +16,6 @@ use orbit_plugin_api::{
 use serde::Deserialize;
 
 use crate::connection::{validate_connection, Endpoint, Tls};
-
-mod base64_free {
-    /// `stream/partition/hex(offset)`: a stable message id from a record's source position.
-    pub fn encode_offset(stream: &str, partition: i32, offset: &[u8]) -> String {
-        use std::fmt::Write as _;
-        let mut s = format!("{stream}/{partition}/");
-        for b in offset {
-            let _ = write!(s, "{b:02x}");
-        }
-        s
-    }
-}
 
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -157,7 +144,7 @@ impl RabbitSink {
         }
         let id = match r.key() {
             Some(k) => String::from_utf8_lossy(k).into_owned(),
-            None => encode_offset(&r.stream, r.partition, &r.offset),
+            None => r.position_id(),
         };
         let mut p = BasicProperties::default()
             .with_message_id(ShortString::from(id))
@@ -312,19 +299,5 @@ impl Sink for RabbitSink {
                 orbit_plugin_api::runtime().block_on(conn.close(200, "orbit sink closing".into()));
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::encode_offset;
-
-    #[test]
-    fn the_message_id_from_a_position_is_stream_partition_and_hex_offset() {
-        assert_eq!(
-            encode_offset("orders", 3, &[0x00, 0x1f, 0xab]),
-            "orders/3/001fab"
-        );
-        assert_eq!(encode_offset("s", -1, &[]), "s/-1/");
     }
 }
