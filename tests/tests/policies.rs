@@ -368,3 +368,31 @@ fn a_failing_dead_letter_sink_stops_the_pipeline_and_loses_nothing() {
     );
     assert_eq!(seen, (0..1000).collect(), "records lost");
 }
+
+/// Records a sink fails one by one are retried as a smaller batch in their batch's order, each
+/// once, whatever order the sink reported them in (the chaos sink reports them last first).
+#[test]
+fn records_retried_alone_keep_their_batch_order() {
+    let s = Scratch::new();
+    let (err, summary) = run_ok(
+        &s,
+        r#"
+name: subset
+source: { plugin: chaos, config: { count: 100 } }
+sink:
+  plugin: chaos
+  config: { retry_once_every: 3, path: out.txt }
+  policy: { retry: { initial_backoff: 1ms, max_backoff: 1ms } }
+batch: { max_records: 10 }
+"#,
+    );
+    let mut expected = Vec::new();
+    for b in 0..10u64 {
+        let (retried, first): (Vec<u64>, Vec<u64>) =
+            (b * 10..b * 10 + 10).partition(|seq| (seq % 10 + 1) % 3 == 0);
+        expected.extend(first);
+        expected.extend(retried);
+    }
+    assert_eq!(seqs(&s.lines("out.txt")), expected, "{err}");
+    assert_eq!((summary.records_in, summary.written), (100, 100), "{err}");
+}

@@ -74,6 +74,9 @@ pub(super) async fn write_through_policy(
                 });
             }
         }
+        // Retried in the batch's order (a sink may report failures in any order), each once.
+        retry_indices.sort_unstable();
+        retry_indices.dedup();
         // A record failing with a configuration or fatal error is not bad input: stop (its
         // position stays unacknowledged) instead of dead-lettering every record that follows.
         if let Some(f) = failures

@@ -81,6 +81,10 @@ pub struct Faults {
     // Sink only.
     #[serde(default)]
     path: Option<PathBuf>,
+    /// Fails every k-th record of a batch (counting from 1) once, retriably, reporting those
+    /// failures last first; the same record is written when it comes again.
+    #[serde(default)]
+    retry_once_every: Option<u64>,
 }
 
 fn one_hour() -> Duration {
@@ -295,6 +299,8 @@ impl Transform for ChaosTransform {
 pub struct ChaosSink {
     injector: Injector,
     file: Option<File>,
+    /// Values failed once by `retry_once_every`.
+    failed_once: std::collections::HashSet<Vec<u8>>,
 }
 
 impl Sink for ChaosSink {
@@ -314,6 +320,7 @@ impl Sink for ChaosSink {
         Ok(ChaosSink {
             injector: Injector::new(faults, "sink"),
             file,
+            failed_once: Default::default(),
         })
     }
 
@@ -321,16 +328,25 @@ impl Sink for ChaosSink {
         self.injector.before_call()?;
         let mut outcome = WriteOutcome::ok();
         let mut buf = Vec::new();
+        let mut retry = Vec::new();
+        let every = self.injector.faults.retry_once_every.filter(|k| *k > 0);
         for (i, r) in batch.iter().enumerate() {
             if self.injector.rejects(r) {
                 outcome.fail(
                     i,
                     PluginError::rejected("chaos: record matches reject_where"),
                 );
+            } else if every.is_some_and(|k| (i as u64 + 1) % k == 0)
+                && self.failed_once.insert(r.value().to_vec())
+            {
+                retry.push(i);
             } else {
                 buf.extend_from_slice(r.value());
                 buf.push(b'\n');
             }
+        }
+        for i in retry.into_iter().rev() {
+            outcome.fail(i, PluginError::retriable("chaos: retry_once_every"));
         }
         if let Some(f) = &mut self.file {
             f.write_all(&buf)
