@@ -214,6 +214,9 @@ impl ProducerContext for SinkContextImpl {
 
 type Producer_ = BaseProducer<SinkContextImpl>;
 
+/// How long a write sleeps when a poll brought no delivery report.
+const REPORT_WAIT: Duration = Duration::from_micros(200);
+
 pub struct KafkaSink {
     config: Config,
     topic: Template,
@@ -444,18 +447,25 @@ impl KafkaSink {
             }
         }
         // Send now, whatever `linger` says: the batch is complete. (`flush` with a zero timeout
-        // only wakes the brokers; rdkafka's `flush` with a timeout polls in 100 ms steps, and
-        // its `poll` always waits out its timeout, so wait for the reports in 1 ms steps.)
+        // only wakes the brokers; rdkafka's `flush` with a timeout polls in 100 ms steps.) Then
+        // serve the reports without blocking, and sleep briefly when none came: rdkafka's
+        // `poll(timeout)` always waits out its timeout and hands librdkafka the remaining time
+        // in whole milliseconds, 0 below one, so a `poll(1 ms)` loop spun a core (41% of a
+        // relay's CPU samples were its clock reads; docs/BENCHMARKS.md).
         let _ = producer.flush(Duration::ZERO);
+        let reported = |p: &Producer_| {
+            let results = p.context().reports.results.lock().expect("lock");
+            results.iter().filter(|(g, _, _)| *g == generation).count()
+        };
         while Instant::now() < deadline {
-            let done = {
-                let results = producer.context().reports.results.lock().expect("lock");
-                results.iter().filter(|(g, _, _)| *g == generation).count() >= sent
-            };
-            if done {
+            let before = reported(producer);
+            if before >= sent {
                 break;
             }
-            producer.poll(Duration::from_millis(1));
+            producer.poll(Duration::ZERO);
+            if reported(producer) == before {
+                std::thread::sleep(REPORT_WAIT);
+            }
         }
         let mut reported = 0usize;
         let mut delivered = 0usize;
