@@ -12,6 +12,9 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::Router;
 
+#[path = "../serve.rs"]
+mod serve;
+
 #[derive(Default)]
 struct Counts {
     requests: AtomicU64,
@@ -35,20 +38,7 @@ async fn main() {
         .route("/{*path}", post(hole))
         .route("/", post(hole))
         .with_state(counts.clone());
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .expect("bind");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        })
-        .await
-        .expect("serve");
+    serve::until_signal(port, app).await;
     eprintln!(
         "http-blackhole: {} requests, {} bytes",
         counts.requests.load(Relaxed),

@@ -15,6 +15,9 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::Router;
 
+#[path = "../serve.rs"]
+mod serve;
+
 async fn append(State(file): State<Arc<Mutex<File>>>, body: Bytes) -> StatusCode {
     // File I/O blocks; a plain service would hand it to the blocking pool (as tokio::fs does)
     // so that the async workers keep serving other connections during the fsync.
@@ -51,18 +54,5 @@ async fn main() {
         .route("/{*path}", post(append))
         .route("/", post(append))
         .with_state(Arc::new(Mutex::new(file)));
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .expect("bind");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        })
-        .await
-        .expect("serve");
+    serve::until_signal(port, app).await;
 }
