@@ -10,7 +10,11 @@
 //!   `#[sabi(missing_field(option))]`, and the host checks for it with the generated accessor,
 //!   which then returns `None` for an older library (the struct's own default,
 //!   `missing_field(panic)`, would panic instead);
-//! * a new method on a `#[sabi_trait]` goes after its `last_prefix_field` likewise;
+//! * a new method on a `#[sabi_trait]` goes after its `last_prefix_field` with a default body:
+//!   for an older library, whose vtable ends before it, abi_stable runs that body. Never mark
+//!   such a method `#[sabi(no_default_fallback)]`. A capability the host may use is announced
+//!   by such a method (e.g. [`SinkFfi::max_in_flight`] returning more than 1), so the default
+//!   says "not supported" and the host falls back;
 //! * any other change is a new plugin-api minor version (0.x) and old plugins are refused.
 
 // The `#[sabi_trait]` expansion defines impls inside a const block.
@@ -204,6 +208,39 @@ pub trait TransformFfi: Send {
     fn close(&mut self) -> RResult<(), PluginError>;
 }
 
+/// A sink. `write` takes one batch and returns once it is durably accepted. The methods after
+/// `close` came with plugin-api 0.1.1: a sink may hold several batches begun and not yet
+/// confirmed (`begin_write`, then `finish_write` for the oldest). A library built against 0.1.0
+/// has no such methods in its vtable: abi_stable then runs the default bodies here, so
+/// `max_in_flight` is 1 and the host writes one batch at a time with `write`.
+#[cfg(not(feature = "__sink_abi_0_1_0_for_tests"))]
+#[sabi_trait]
+pub trait SinkFfi: Send {
+    fn write(&mut self, batch: RSlice<'_, Record>) -> RResult<WriteOutcomeFfi, PluginError>;
+    /// Stays the last prefix field for all of 0.1.x: moving it breaks libraries already built.
+    #[sabi(last_prefix_field)]
+    fn close(&mut self) -> RResult<(), PluginError>;
+    /// How many batches this sink holds begun and unfinished; 1 means `write` only.
+    fn max_in_flight(&self) -> u32 {
+        1
+    }
+    /// Starts writing a batch without waiting for it to be confirmed.
+    fn begin_write(&mut self, _batch: RSlice<'_, Record>) -> RResult<(), PluginError> {
+        RResult::RErr(PluginError::fatal(
+            "this sink does not support begin_write (it reports max_in_flight 1)",
+        ))
+    }
+    /// The oldest begun batch's outcome, once it is confirmed, waiting up to `wait_ms`.
+    fn finish_write(&mut self, _wait_ms: u64) -> RResult<ROption<WriteOutcomeFfi>, PluginError> {
+        RResult::RErr(PluginError::fatal(
+            "this sink does not support finish_write (it reports max_in_flight 1)",
+        ))
+    }
+}
+
+/// `SinkFfi` as plugin-api 0.1.0 declared it: test-only, to build a library with the old vtable
+/// and check that the host still loads it and writes one batch at a time.
+#[cfg(feature = "__sink_abi_0_1_0_for_tests")]
 #[sabi_trait]
 pub trait SinkFfi: Send {
     fn write(&mut self, batch: RSlice<'_, Record>) -> RResult<WriteOutcomeFfi, PluginError>;

@@ -39,8 +39,8 @@ pub use runtime::runtime;
 #[doc(hidden)]
 pub use sdk::{__root_module, __ROOT_MODULE_LOADER_NAME};
 pub use sdk::{
-    PluginBuilder, Sink, SinkContext, Source, SourceContext, Transform, TransformContext,
-    TransformOutput, WriteOutcome,
+    write_by_parts, PipelinedSink, PluginBuilder, Sink, SinkContext, Source, SourceContext,
+    Transform, TransformContext, TransformOutput, WriteOutcome,
 };
 pub use template::Template;
 
