@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use super::interpolate::{placehold, InterpolationError, Placeheld, Substituted};
 use super::{diagnostic, limits, Diagnostic, KeyPositions, PipelineSpec, Tolerance};
-use super::{MAX_BATCH_BUFFER, MAX_BATCH_RECORDS};
+use super::{StageRole, MAX_BATCH_BUFFER, MAX_BATCH_RECORDS, MAX_SINK_IN_FLIGHT};
 
 /// A parsed pipeline file, kept with what is needed to point at its keys later.
 #[derive(Debug)]
@@ -195,6 +195,27 @@ impl PipelineFile {
                 ),
                 "it is the number of batches queued between two stages; 2 to 8 is plenty",
             ));
+        }
+        for (role, stage) in s.stages() {
+            let Some(n) = stage.max_in_flight else {
+                continue;
+            };
+            let key = format!("{}.max_in_flight", role.key_path());
+            if role != StageRole::Sink {
+                return Err(self.error_at(
+                    &key,
+                    "`max_in_flight` applies to the sink only".to_string(),
+                    "move it to the `sink:` stage, or remove it".to_string(),
+                ));
+            }
+            if !(1..=MAX_SINK_IN_FLIGHT).contains(&n) {
+                return Err(self.error_at(
+                    &key,
+                    format!("`max_in_flight` is {n}: it must be from 1 to {MAX_SINK_IN_FLIGHT}"),
+                    "it is the number of batches a sink holds unconfirmed; 2 to 8 is typical"
+                        .to_string(),
+                ));
+            }
         }
         if s.errors.tolerance == Tolerance::All && s.errors.dead_letter.is_none() {
             return Err(self.error_at(

@@ -17,6 +17,11 @@ use serde::Deserialize;
 pub const MAX_BATCH_RECORDS: usize = 1_000_000;
 /// The most batches queued between two stages.
 pub const MAX_BATCH_BUFFER: usize = 10_000;
+/// The most batches a sink may hold in flight (`sink.max_in_flight`).
+pub const MAX_SINK_IN_FLIGHT: usize = 64;
+/// The window when `sink.max_in_flight` is not set (and the plugin supports one); see
+/// docs/BENCHMARKS.md for the measurement behind it.
+pub const DEFAULT_SINK_IN_FLIGHT: usize = 4;
 
 pub use diagnostic::Diagnostic;
 pub use file::PipelineFile;
@@ -58,6 +63,11 @@ pub struct StageSpec {
     pub config: serde_yaml::Value,
     #[serde(default)]
     pub policy: PolicySpec,
+    /// Sink only: the most batches the sink holds begun and not yet confirmed. The effective
+    /// window is the smaller of this and what the plugin supports (1 for a sink that writes
+    /// one batch at a time).
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

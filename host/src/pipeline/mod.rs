@@ -278,7 +278,12 @@ impl Pipeline {
             );
             rx = next_rx;
         }
-        spawn_stage(&mut tasks, &shared, run_sink(sink, rx, shared.clone()));
+        let max_in_flight = sink_spec.spec.max_in_flight;
+        spawn_stage(
+            &mut tasks,
+            &shared,
+            run_sink(sink, rx, shared.clone(), max_in_flight),
+        );
         let dead_letters_done = CancellationToken::new();
         let mut dead_letter_task = tokio::task::JoinSet::new();
         if let Some(d) = dead_letter_sink {

@@ -2,9 +2,10 @@
 //! share (receiving a batch, settling a verdict).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use abi_stable::std_types::RVec;
-use orbit_plugin_api::ffi::SinkBox;
+use orbit_plugin_api::ffi::{SinkBox, WriteOutcomeFfi};
 use orbit_plugin_api::{ErrorKind, PluginError, Record};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -13,7 +14,7 @@ use tracing::Instrument as _;
 use super::dead_letter::{self, Failure};
 use super::{Batch, PipelineError, ResolvedStage, Shared};
 use crate::plugin::{Factory, StageConfig, StageId, StageInstance};
-use crate::policy::{CallError, PolicyMetrics, PolicyStack};
+use crate::policy::{CallError, Once, PolicyMetrics, PolicyStack};
 
 pub(super) fn stage_config(pipeline: &str, s: &ResolvedStage) -> StageConfig {
     StageConfig {
@@ -90,6 +91,64 @@ impl Stage<SinkBox> {
                 },
             )
             .await
+    }
+
+    /// How many batches the plugin can hold in flight: 1 for a sink that writes one batch at a
+    /// time, and for a library built before pipelined sinks (abi_stable then runs the
+    /// method's default body).
+    pub(super) async fn max_in_flight(&mut self) -> usize {
+        self.instance
+            .call(|s| Ok(s.max_in_flight()))
+            .await
+            .map_or(1, |n| n.max(1) as usize)
+    }
+
+    /// One `begin_write`, not retried (a failure fails the batch; the window resends it):
+    /// through breaker and rate limit, on a live instance. Returns the instance's generation
+    /// with the plugin's answer.
+    pub(super) async fn begin(
+        &mut self,
+        records: &Arc<RVec<Record>>,
+        stop: &CancellationToken,
+    ) -> Result<(u64, Result<(), PluginError>), CallError> {
+        let input = records.clone();
+        let once = Once {
+            records: records.len(),
+            gate: true,
+            pinned: None,
+        };
+        let result = self
+            .policy
+            .call_once(&mut self.instance, once, stop, move |s| {
+                s.begin_write(input.as_rslice()).into_result()
+            })
+            .await?
+            .expect("an unpinned call makes the instance it needs");
+        Ok((self.instance.generation(), result))
+    }
+
+    /// One `finish_write` for the oldest batch in flight on instance `generation`, waiting up to
+    /// `wait`. `None`: that instance is gone. Neither gated nor retried: it runs while the
+    /// breaker is open, and never makes an instance.
+    pub(super) async fn finish(
+        &mut self,
+        generation: u64,
+        wait: Duration,
+        stop: &CancellationToken,
+    ) -> Result<Option<Result<Option<WriteOutcomeFfi>, PluginError>>, CallError> {
+        let once = Once {
+            records: 0,
+            gate: false,
+            pinned: Some(generation),
+        };
+        let wait_ms = wait.as_millis() as u64;
+        let result = self
+            .policy
+            .call_once(&mut self.instance, once, stop, move |s| {
+                s.finish_write(wait_ms).into_result().map(|o| o.into_option())
+            })
+            .await?;
+        Ok(result)
     }
 }
 

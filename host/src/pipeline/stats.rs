@@ -104,8 +104,11 @@ pub fn log_policy_events(id: &super::StageId, m: &crate::policy::PolicyMetrics) 
         ("timeouts", get(&m.timeouts)),
         ("panics", get(&m.panics)),
         ("restarts", get(&m.restarts)),
+        ("order_resent", get(&m.order_resent)),
+        ("in_flight_max", get(&m.in_flight_max)),
     ];
-    if events.iter().all(|(_, n)| *n == 0) {
+    // A window of one batch is no event.
+    if events.iter().all(|(k, n)| *n == 0 || (*k == "in_flight_max" && *n <= 1)) {
         return;
     }
     let text: Vec<String> = events

@@ -10,6 +10,7 @@
 //! timeout, restart) is a log line and a counter in [`PolicyMetrics`].
 
 mod admit;
+mod instance;
 pub mod breaker;
 pub mod rate_limit;
 mod resolve;
@@ -46,6 +47,10 @@ pub struct PolicyMetrics {
     pub timeouts: AtomicU64,
     pub panics: AtomicU64,
     pub restarts: AtomicU64,
+    /// A sink's most batches in flight at once.
+    pub in_flight_max: AtomicU64,
+    /// Records a sink wrote again only to keep their partition's order after a failure.
+    pub order_resent: AtomicU64,
 }
 
 /// Why a call through the stack did not succeed.
@@ -174,72 +179,6 @@ impl PolicyStack {
         sleep_or_stop(delay, stop).await
     }
 
-    /// Makes sure the stage has a live instance: the first one at start, or a new one after
-    /// a panic or a timeout (counted against the restart budget, after its backoff).
-    /// Creation failures go through retry and breaker like calls.
-    pub async fn ensure_instance<T: Send + 'static>(
-        &mut self,
-        stage: &mut StageInstance<T>,
-        stop: &CancellationToken,
-    ) -> Result<(), CallError> {
-        let started = Instant::now();
-        let mut attempts = 0;
-        while stage.is_lost() {
-            if stage.was_created() {
-                let Some(backoff) = self.restarts.take(Instant::now()) else {
-                    let p = self.restarts.policy();
-                    return Err(CallError::Fatal {
-                        error: PluginError::fatal(format!(
-                            "the stage was restarted {} times within {} and failed again ({}); giving up",
-                            p.max_restarts,
-                            humantime::format_duration(p.window),
-                            self.last_error
-                                .as_ref()
-                                .map_or("no error recorded".to_string(), |e| e.to_string())
-                        )),
-                    });
-                };
-                self.metrics.restarts.fetch_add(1, Relaxed);
-                tracing::warn!(
-                    restart = self.restarts.used(),
-                    max = self.restarts.policy().max_restarts,
-                    "recreating the stage instance in {}",
-                    humantime::format_duration(backoff)
-                );
-                sleep_or_stop(backoff, stop).await?;
-                // An instance abandoned after a timeout may hold what its replacement needs
-                // (the http source's port): give its call up to one more timeout to return.
-                let grace = self.timeout.unwrap_or(DEFAULT_TIMEOUT);
-                tokio::select! {
-                    _ = stage.release_abandoned(grace) => {}
-                    _ = stop.cancelled() => return Err(CallError::Stopped),
-                }
-            }
-            self.pass_breaker(stop).await?;
-            attempts += 1;
-            let created = timeout::within(self.timeout, stage.recreate()).await;
-            let error = match created {
-                Ok(Ok(())) => {
-                    let t = self.breaker.on_success();
-                    self.log_transition(t);
-                    return Ok(());
-                }
-                Ok(Err(e)) => e,
-                Err(timeout::TimedOut(d)) => PluginError::retriable(format!(
-                    "creating the instance did not finish within {}",
-                    humantime::format_duration(d)
-                )),
-            };
-            match error.kind() {
-                ErrorKind::Retriable | ErrorKind::Panicked => {
-                    self.record_failure(error, attempts, started, stop).await?
-                }
-                _ => return Err(CallError::Fatal { error }),
-            }
-        }
-        Ok(())
-    }
-
     /// One logical call through the whole stack, retried as the policy allows. `records` is
     /// what the call carries, for the rate limit. `op` runs on the blocking pool and may run
     /// several times (it captures the batch by `Arc`, so a retry does not copy records).
@@ -318,45 +257,26 @@ impl PolicyStack {
         let started = Instant::now();
         let mut attempts = 0u32;
         loop {
-            if stop.is_cancelled() {
-                return Err(CallError::Stopped);
-            }
-            self.pass_breaker(stop).await?;
-            self.throttle(records, stop).await?;
-            match pinned {
-                None => self.ensure_instance(stage, stop).await?,
-                Some(g) if stage.is_lost() || stage.generation() != g => return Ok(None),
-                Some(_) => {}
-            }
+            let once = Once {
+                records,
+                gate: true,
+                pinned,
+            };
+            let Some(result) = self.call_once(stage, once, stop, op.clone()).await? else {
+                return Ok(None);
+            };
             attempts += 1;
-            self.metrics.calls.fetch_add(1, Relaxed);
-            let error = match timeout::within(self.timeout, stage.call(op.clone())).await {
-                Ok(Ok(value)) => {
+            let error = match result {
+                Ok(value) => {
                     if healthy(&value) {
-                        let t = self.breaker.on_success();
-                        self.log_transition(t);
+                        self.record_success();
                     }
                     return Ok(Some((value, attempts)));
                 }
-                Ok(Err(e)) => e,
-                Err(timeout::TimedOut(d)) => {
-                    self.metrics.timeouts.fetch_add(1, Relaxed);
-                    stage.abandon();
-                    tracing::warn!(
-                        "the call did not return within {}; abandoning the instance",
-                        humantime::format_duration(d)
-                    );
-                    PluginError::retriable(format!(
-                        "timed out after {}",
-                        humantime::format_duration(d)
-                    ))
-                }
+                Err(e) => e,
             };
             match error.kind() {
-                ErrorKind::Retriable => self.record_failure(error, attempts, started, stop).await?,
-                ErrorKind::Panicked => {
-                    self.metrics.panics.fetch_add(1, Relaxed);
-                    stage.discard();
+                ErrorKind::Retriable | ErrorKind::Panicked => {
                     self.record_failure(error, attempts, started, stop).await?
                 }
                 ErrorKind::Rejected => return Err(CallError::Rejected { error, attempts }),
@@ -364,4 +284,83 @@ impl PolicyStack {
             }
         }
     }
+
+    /// A call's success, for the circuit breaker.
+    pub fn record_success(&mut self) {
+        let t = self.breaker.on_success();
+        self.log_transition(t);
+    }
+
+    /// One call, not retried: through the breaker and the rate limit (when `once.gate`), on a
+    /// live instance (made if needed, unless pinned), within the timeout. A timeout abandons the
+    /// instance and a panic discards it; both come back as the call's error, which the caller
+    /// judges. `Ok(None)`: the pinned instance is gone. `Err`: stopping, or the stage cannot
+    /// get an instance.
+    pub async fn call_once<T, R, F>(
+        &mut self,
+        stage: &mut StageInstance<T>,
+        once: Once,
+        stop: &CancellationToken,
+        op: F,
+    ) -> Result<Option<Result<R, PluginError>>, CallError>
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+        F: FnOnce(&mut T) -> Result<R, PluginError> + Send + 'static,
+    {
+        if stop.is_cancelled() {
+            return Err(CallError::Stopped);
+        }
+        if once.gate {
+            self.pass_breaker(stop).await?;
+            self.throttle(once.records, stop).await?;
+        }
+        match once.pinned {
+            None => self.ensure_instance(stage, stop).await?,
+            Some(g) if stage.is_lost() || stage.generation() != g => return Ok(None),
+            Some(_) => {}
+        }
+        if once.gate {
+            // Calls that carry a batch (or an ack); waiting for a begun batch is not counted.
+            self.metrics.calls.fetch_add(1, Relaxed);
+        }
+        let error = match timeout::within(self.timeout, stage.call(op)).await {
+            Ok(Ok(value)) => return Ok(Some(Ok(value))),
+            Ok(Err(e)) => e,
+            Err(timeout::TimedOut(d)) => {
+                self.metrics.timeouts.fetch_add(1, Relaxed);
+                stage.abandon();
+                tracing::warn!(
+                    "the call did not return within {}; abandoning the instance",
+                    humantime::format_duration(d)
+                );
+                PluginError::retriable(format!(
+                    "timed out after {}",
+                    humantime::format_duration(d)
+                ))
+            }
+        };
+        if error.kind() == ErrorKind::Panicked {
+            self.metrics.panics.fetch_add(1, Relaxed);
+            stage.discard();
+        }
+        Ok(Some(Err(error)))
+    }
+
+    /// The longest a call may take before it is abandoned.
+    pub fn call_timeout(&self) -> Duration {
+        self.timeout.unwrap_or(DEFAULT_TIMEOUT)
+    }
+}
+
+/// How [`PolicyStack::call_once`] makes a call.
+#[derive(Debug, Clone, Copy)]
+pub struct Once {
+    /// Records the call carries, for the rate limit.
+    pub records: usize,
+    /// Through the breaker and the rate limit (a batch's first call), or not (waiting for the
+    /// outcome of a batch already begun).
+    pub gate: bool,
+    /// Only on this instance generation, never making one.
+    pub pinned: Option<u64>,
 }

@@ -19,7 +19,13 @@
 //!     hang_on_call: 6            # call 6 sleeps for `hang_for` (default 1h)
 //!     fatal_on_call: 9           # call 9 fails with a fatal error
 //!     reject_where: { field: bad, eq: true }   # records matching are rejected
+//!     finish_after: 20ms         # a begun batch is confirmed this long after it began
+//!     lose_batch: 3              # call 3 writes nothing and its batch fails when finished
 //! ```
+//!
+//! The sink keeps up to 64 batches in flight (`begin_write` appends, `finish_write` confirms
+//! the oldest), so it exercises the host's window; the calls above count `write` and
+//! `begin_write` calls, not `finish_write`.
 //!
 //! The source emits `count` records `{"seq":N}` (add `poison_every: K` to make every K-th
 //! record not JSON) and resumes from its stored offset like `generate`. With
@@ -28,15 +34,13 @@
 //! (fatal): the host must acknowledge a batch only to the instance that polled it.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use orbit_plugin_api::{
-    export_plugin, PluginBuilder, PluginError, Position, Record, Sink, SinkContext, Source,
-    SourceBatch, SourceContext, Transform, TransformContext, TransformOutput, WriteOutcome,
+    export_plugin, PluginBuilder, PluginError, Position, Record, Source, SourceBatch,
+    SourceContext, Transform, TransformContext, TransformOutput,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -80,11 +84,18 @@ pub struct Faults {
     listen: Option<String>,
     // Sink only.
     #[serde(default)]
-    path: Option<PathBuf>,
+    pub(crate) path: Option<PathBuf>,
     /// Fails every k-th record of a batch (counting from 1) once, retriably, reporting those
     /// failures last first; the same record is written when it comes again.
     #[serde(default)]
-    retry_once_every: Option<u64>,
+    pub(crate) retry_once_every: Option<u64>,
+    /// A begun batch is confirmed only this long after `begin_write`.
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) finish_after: Option<Duration>,
+    /// This call (a `begin_write` or `write`) appends nothing; its batch fails retriably when
+    /// it is finished, after the batches begun before it.
+    #[serde(default)]
+    pub(crate) lose_batch: Option<u64>,
 }
 
 fn one_hour() -> Duration {
@@ -110,14 +121,14 @@ fn next_call(counter: &str) -> u64 {
     *n
 }
 
-struct Injector {
-    faults: Faults,
+pub(crate) struct Injector {
+    pub(crate) faults: Faults,
     counter: String,
     rng: u64,
 }
 
 impl Injector {
-    fn new(faults: Faults, kind: &str) -> Self {
+    pub(crate) fn new(faults: Faults, kind: &str) -> Self {
         let counter = faults.counter.clone().unwrap_or_else(|| kind.to_string());
         let rng = faults.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         Injector {
@@ -136,7 +147,7 @@ impl Injector {
     }
 
     /// Applies call-level faults; Ok means the call proceeds.
-    fn before_call(&mut self) -> Result<u64, PluginError> {
+    pub(crate) fn before_call(&mut self) -> Result<u64, PluginError> {
         let call = next_call(&self.counter);
         if self.faults.panic_on_call == Some(call)
             || self.faults.panic_from_call.is_some_and(|n| call >= n)
@@ -164,7 +175,7 @@ impl Injector {
         Ok(call)
     }
 
-    fn rejects(&self, r: &Record) -> bool {
+    pub(crate) fn rejects(&self, r: &Record) -> bool {
         let Some(m) = &self.faults.reject_where else {
             return false;
         };
@@ -296,68 +307,11 @@ impl Transform for ChaosTransform {
     }
 }
 
-pub struct ChaosSink {
-    injector: Injector,
-    file: Option<File>,
-    /// Values failed once by `retry_once_every`.
-    failed_once: std::collections::HashSet<Vec<u8>>,
-}
+mod sink;
 
-impl Sink for ChaosSink {
-    type Config = Faults;
-
-    fn open(faults: Faults, _ctx: SinkContext) -> Result<Self, PluginError> {
-        let file = match &faults.path {
-            Some(p) => Some(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .map_err(|e| PluginError::fatal(format!("cannot open {}: {e}", p.display())))?,
-            ),
-            None => None,
-        };
-        Ok(ChaosSink {
-            injector: Injector::new(faults, "sink"),
-            file,
-            failed_once: Default::default(),
-        })
-    }
-
-    fn write(&mut self, batch: &[Record]) -> Result<WriteOutcome, PluginError> {
-        self.injector.before_call()?;
-        let mut outcome = WriteOutcome::ok();
-        let mut buf = Vec::new();
-        let mut retry = Vec::new();
-        let every = self.injector.faults.retry_once_every.filter(|k| *k > 0);
-        for (i, r) in batch.iter().enumerate() {
-            if self.injector.rejects(r) {
-                outcome.fail(
-                    i,
-                    PluginError::rejected("chaos: record matches reject_where"),
-                );
-            } else if every.is_some_and(|k| (i as u64 + 1) % k == 0)
-                && self.failed_once.insert(r.value().to_vec())
-            {
-                retry.push(i);
-            } else {
-                buf.extend_from_slice(r.value());
-                buf.push(b'\n');
-            }
-        }
-        for i in retry.into_iter().rev() {
-            outcome.fail(i, PluginError::retriable("chaos: retry_once_every"));
-        }
-        if let Some(f) = &mut self.file {
-            f.write_all(&buf)
-                .and_then(|_| f.sync_data())
-                .map_err(|e| PluginError::retriable(format!("chaos sink write: {e}")))?;
-        }
-        Ok(outcome)
-    }
-}
+pub use sink::ChaosSink;
 
 export_plugin!(PluginBuilder::new("chaos", env!("CARGO_PKG_VERSION"))
     .source::<ChaosSource>("chaos", "test source that fails on command")
     .transform::<ChaosTransform>("chaos", "test transform that fails on command")
-    .sink::<ChaosSink>("chaos", "test sink that fails on command"));
+    .pipelined_sink::<ChaosSink>("chaos", "test sink that fails on command"));
