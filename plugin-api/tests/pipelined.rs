@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use orbit_plugin_api::abi_stable::std_types::{RResult, RString, RVec};
-use orbit_plugin_api::ffi::{SinkBox, StageContextFfi};
+use orbit_plugin_api::ffi::{PipelinedSinkBox, StageContextFfi};
 use orbit_plugin_api::{
     write_by_parts, ErrorKind, PipelinedSink, PluginBuilder, PluginError, Record, Sink,
     SinkContext, WriteOutcome,
@@ -71,18 +71,24 @@ impl Sink for Plain {
     }
 }
 
-fn sink(name: &str) -> SinkBox {
-    let module = orbit_plugin_api::__root_module(|| {
-        PluginBuilder::new("test", "0")
-            .pipelined_sink::<Fifo>("fifo", "")
-            .sink::<Plain>("plain", "")
-    });
-    let ctx = StageContextFfi {
+fn builder() -> PluginBuilder {
+    PluginBuilder::new("test", "0")
+        .pipelined_sink::<Fifo>("fifo", "")
+        .sink::<Plain>("plain", "")
+}
+
+fn ctx() -> StageContextFfi {
+    StageContextFfi {
         pipeline: RString::from("p"),
         stage: RString::from("sink"),
         config: RString::from("{}"),
-    };
-    match (module.create_sink())(name.into(), ctx) {
+    }
+}
+
+/// The sink as a host that knows the ext root module creates it.
+fn sink(name: &str) -> PipelinedSinkBox {
+    let ext = orbit_plugin_api::__ext_module(builder);
+    match (ext.create_sink())(name.into(), ctx()) {
         RResult::ROk(s) => s,
         RResult::RErr(e) => panic!("{e}"),
     }
@@ -149,4 +155,16 @@ fn a_plain_sink_writes_one_batch_at_a_time() {
     assert_eq!(s.max_in_flight(), 1);
     let e = s.begin_write(batch(&["a"]).as_rslice()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Fatal);
+}
+
+#[test]
+fn a_host_that_knows_only_the_first_root_module_writes_to_a_pipelined_sink() {
+    let module = orbit_plugin_api::__root_module(builder);
+    let mut s = match (module.create_sink())("fifo".into(), ctx()) {
+        RResult::ROk(s) => s,
+        RResult::RErr(e) => panic!("{e}"),
+    };
+    let out = s.write(batch(&["a", "fail"]).as_rslice()).unwrap();
+    assert_eq!(out.failures.len(), 1);
+    assert_eq!(out.failures[0].index, 1);
 }

@@ -108,7 +108,11 @@ batch: { max_records: 50, buffer: 8 }
     assert_eq!((summary.records_in, summary.written), (2000, 2000), "{err}");
     let e = events(&err, "sink");
     assert_eq!(e.get("retries"), Some(&1), "{err}");
-    assert_eq!(e.get("order_resent").copied(), Some(duplicates as u64), "{err}");
+    assert_eq!(
+        e.get("order_resent").copied(),
+        Some(duplicates as u64),
+        "{err}"
+    );
 }
 
 #[test]

@@ -193,3 +193,89 @@ fn a_plugin_built_against_another_plugin_api_layout_is_refused() {
     assert!(err.contains("Manifest"), "{err}");
     assert!(!s.path("out.txt").exists(), "nothing may be written");
 }
+
+/// The last commit whose plugin-api is 0.1.0 (before pipelined sinks).
+const PLUGIN_API_0_1_0: &str = "76a18f3be249a6f91bec1d4c505abc9a4c1d34f5";
+
+/// The chaos plugin as it was at [`PLUGIN_API_0_1_0`], built from the repository's history
+/// (a sink whose library has no ext root module).
+fn build_chaos_0_1_0() -> PathBuf {
+    let root = workspace_root();
+    let src = root.join("target/fixtures-abi010/src");
+    if !src.join("Cargo.toml").exists() {
+        std::fs::create_dir_all(&src).unwrap();
+        let archive = Command::new("git")
+            .args(["archive", "--format=tar", PLUGIN_API_0_1_0])
+            .current_dir(&root)
+            .output()
+            .expect("git archive");
+        assert!(
+            archive.status.success(),
+            "git archive {PLUGIN_API_0_1_0}: {}",
+            text(&archive.stderr)
+        );
+        let mut tar = Command::new("tar")
+            .args(["-x", "-C"])
+            .arg(&src)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        tar.stdin
+            .take()
+            .unwrap()
+            .write_all(&archive.stdout)
+            .unwrap();
+        assert!(tar.wait().unwrap().success());
+    }
+    let target = root.join("target/fixtures-abi010/target");
+    cargo(
+        &src,
+        &[
+            "build",
+            "--locked",
+            "--quiet",
+            "-p",
+            "orbit-plugin-chaos",
+            "--target-dir",
+            &target.display().to_string(),
+        ],
+    );
+    target.join("debug/liborbit_plugin_chaos.so")
+}
+
+/// A sink library built against plugin-api 0.1.0 still loads and works: the host falls back
+/// to one batch at a time, and says so when the pipeline asked for more.
+#[test]
+fn a_sink_built_against_plugin_api_0_1_0_still_loads_and_writes_one_batch_at_a_time() {
+    let s = Scratch::new();
+    let lib = build_chaos_0_1_0();
+    let dir = plugin_dir(&s, &[(&lib, "liborbit_plugin_chaos.so")]);
+    s.write(
+        "p.yaml",
+        r#"
+name: old-abi
+source: { plugin: generate, config: { count: 2000, template: '{"seq":{{seq}}}' } }
+sink: { plugin: chaos, max_in_flight: 8, config: { path: out.txt, fail_calls: 2 } }
+batch: { max_records: 100 }
+"#,
+    );
+    let out = s.run(&[
+        "p.yaml",
+        "--plugin-dir",
+        &dir.display().to_string(),
+        "--progress",
+        "0s",
+    ]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let lines = s.lines("out.txt");
+    let want: Vec<String> = (0..2000).map(|i| format!("{{\"seq\":{i}}}")).collect();
+    assert_eq!(lines, want, "{err}");
+    assert!(
+        err.contains("`max_in_flight` is 8 but this sink writes one batch at a time"),
+        "{err}"
+    );
+    assert!(!err.contains("in_flight_max="), "{err}");
+    assert!(err.contains("retries=2"), "{err}");
+}

@@ -164,6 +164,9 @@ name: hang
 source: { plugin: chaos, config: { count: 1000 } }
 sink:
   plugin: chaos
+  # One batch at a time: a batch in flight on the hung instance would be resent (a duplicate);
+  # tests/in_flight.rs covers that case.
+  max_in_flight: 1
   config: { hang_on_call: 2, hang_for: 60s, path: out.txt }
   policy: { timeout: 300ms, retry: { initial_backoff: 1ms }, restart: { backoff: 10ms } }
 batch: { max_records: 100 }
@@ -381,6 +384,9 @@ name: subset
 source: { plugin: chaos, config: { count: 100 } }
 sink:
   plugin: chaos
+  # One batch at a time: with several in flight, the later batches are resent after the
+  # retried records to keep the partition's order (tests/in_flight.rs).
+  max_in_flight: 1
   config: { retry_once_every: 3, path: out.txt }
   policy: { retry: { initial_backoff: 1ms, max_backoff: 1ms } }
 batch: { max_records: 10 }

@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use abi_stable::std_types::RVec;
 use base64::Engine as _;
-use orbit_plugin_api::ffi::SinkBox;
 use orbit_plugin_api::{PluginError, Record};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -25,6 +24,7 @@ use tracing::Instrument as _;
 use super::stage::Stage;
 use super::{PipelineError, Shared};
 use crate::config::Tolerance;
+use crate::plugin::HostSink;
 use crate::plugin::StageId;
 use crate::policy::CallError;
 
@@ -130,7 +130,7 @@ pub(super) async fn handle(
 ///
 /// It ends when `done` is cancelled (every other stage has ended, so no request can come).
 pub(super) async fn run(
-    mut stage: Stage<SinkBox>,
+    mut stage: Stage<HostSink>,
     mut rx: mpsc::Receiver<DeadLetterRequest>,
     shared: Arc<Shared>,
     done: CancellationToken,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use abi_stable::std_types::RVec;
-use orbit_plugin_api::ffi::{SinkBox, WriteOutcomeFfi};
+use orbit_plugin_api::ffi::WriteOutcomeFfi;
 use orbit_plugin_api::{ErrorKind, PluginError, Record};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -13,6 +13,7 @@ use tracing::Instrument as _;
 
 use super::dead_letter::{self, Failure};
 use super::{Batch, PipelineError, ResolvedStage, Shared};
+use crate::plugin::HostSink;
 use crate::plugin::{Factory, StageConfig, StageId, StageInstance};
 use crate::policy::{CallError, Once, PolicyMetrics, PolicyStack};
 
@@ -69,7 +70,7 @@ pub(super) async fn sample(policy: &PolicyStack, records: &mut RVec<Record>, sha
         .record_dropped(policy.drop_over_limit(records).await);
 }
 
-impl Stage<SinkBox> {
+impl Stage<HostSink> {
     /// One `write` of `records` through the policy stack (the batch is shared, not copied, by
     /// retries).
     pub(super) async fn write(
@@ -145,7 +146,9 @@ impl Stage<SinkBox> {
         let result = self
             .policy
             .call_once(&mut self.instance, once, stop, move |s| {
-                s.finish_write(wait_ms).into_result().map(|o| o.into_option())
+                s.finish_write(wait_ms)
+                    .into_result()
+                    .map(|o| o.into_option())
             })
             .await?;
         Ok(result)

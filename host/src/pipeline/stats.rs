@@ -108,7 +108,10 @@ pub fn log_policy_events(id: &super::StageId, m: &crate::policy::PolicyMetrics) 
         ("in_flight_max", get(&m.in_flight_max)),
     ];
     // A window of one batch is no event.
-    if events.iter().all(|(k, n)| *n == 0 || (*k == "in_flight_max" && *n <= 1)) {
+    if events
+        .iter()
+        .all(|(k, n)| *n == 0 || (*k == "in_flight_max" && *n <= 1))
+    {
         return;
     }
     let text: Vec<String> = events

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use abi_stable::std_types::RString;
-use orbit_plugin_api::ffi::{SinkBox, SourceBox, SourceContextFfi, StageContextFfi, TransformBox};
+use orbit_plugin_api::ffi::{SourceBox, SourceContextFfi, StageContextFfi, TransformBox};
 
-use super::{Component, Factory};
+use super::{Component, Factory, HostSink};
 use crate::offsets::LedgerReader;
 
 /// What every instance of one stage is made with.
@@ -36,11 +36,24 @@ pub fn transform_factory(s: &StageConfig) -> Factory<TransformBox> {
     Arc::new(move || (module.create_transform())(name.as_str().into(), ctx.clone()).into_result())
 }
 
-pub fn sink_factory(s: &StageConfig) -> Factory<SinkBox> {
+/// Through the ext root module when the library has it (the sink may then keep several
+/// batches in flight), else through the first one.
+pub fn sink_factory(s: &StageConfig) -> Factory<HostSink> {
     let module = s.component.library.module;
+    let ext = s.component.library.ext;
     let name = s.component.name.clone();
     let ctx = s.ctx();
-    Arc::new(move || (module.create_sink())(name.as_str().into(), ctx.clone()).into_result())
+    Arc::new(move || {
+        let name = name.as_str().into();
+        match ext {
+            Some(ext) => (ext.create_sink())(name, ctx.clone())
+                .into_result()
+                .map(HostSink::Pipelined),
+            None => (module.create_sink())(name, ctx.clone())
+                .into_result()
+                .map(HostSink::Plain),
+        }
+    })
 }
 
 /// A source is reopened from the offsets acknowledged so far, read when it is (re)created.

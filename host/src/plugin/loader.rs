@@ -8,14 +8,17 @@
 
 use std::path::{Path, PathBuf};
 
-use abi_stable::library::{lib_header_from_path, LibraryError};
-use orbit_plugin_api::ffi::{HostContext, Manifest, PluginModuleRef};
+use abi_stable::library::{lib_header_from_path, AbiHeaderRef, LibraryError, RawLibrary};
+use orbit_plugin_api::ffi::ext::EXT_SYMBOL;
+use orbit_plugin_api::ffi::{HostContext, Manifest, PluginExtRef, PluginModuleRef};
 use orbit_plugin_api::API_VERSION;
 
 /// A loaded plugin library.
 pub struct Library {
     pub path: PathBuf,
     pub module: PluginModuleRef,
+    /// The capabilities added after plugin-api 0.1.0; `None` for a library built before them.
+    pub ext: Option<PluginExtRef>,
     pub manifest: Manifest,
 }
 
@@ -173,9 +176,26 @@ pub fn load_library(path: &Path) -> Result<Library, LoadError> {
         max_level: super::logging::max_level(),
     });
     let manifest = (module.manifest())();
+    let ext = load_ext(path).map_err(|e| classify(e, plugin_api))?;
     Ok(Library {
         path: path.to_path_buf(),
         module,
+        ext,
         manifest,
     })
+}
+
+/// The [`PluginExtRef`] root module, checked like the first one, if the library exports it (a
+/// library built against plugin-api 0.1.0 does not).
+fn load_ext(path: &Path) -> Result<Option<PluginExtRef>, LibraryError> {
+    let raw = RawLibrary::load_at(path)?;
+    let symbol = format!("{EXT_SYMBOL}\0");
+    // SAFETY: the symbol, when present, is the `LibHeader` static `export_plugin!` defines;
+    // the library is leaked below, so the `'static` references in it stay valid.
+    let Ok(header) = (unsafe { raw.get::<AbiHeaderRef>(symbol.as_bytes()) }) else {
+        return Ok(None);
+    };
+    let header = (*header).upgrade()?;
+    std::mem::forget(raw);
+    header.init_root_module::<PluginExtRef>().map(Some)
 }

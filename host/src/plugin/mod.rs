@@ -8,11 +8,13 @@ mod instance;
 mod loader;
 mod logging;
 mod search_path;
+mod sink;
 
 pub use factory::{sink_factory, source_factory, transform_factory, StageConfig};
 pub use instance::{Factory, StageId, StageInstance};
 pub use loader::{load_library, Library, LoadError};
 pub use search_path::{SearchPath, SearchPathSource};
+pub use sink::HostSink;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -10,8 +10,8 @@
 //! timeout, restart) is a log line and a counter in [`PolicyMetrics`].
 
 mod admit;
-mod instance;
 pub mod breaker;
+mod instance;
 pub mod rate_limit;
 mod resolve;
 pub mod restart;
@@ -334,10 +334,7 @@ impl PolicyStack {
                     "the call did not return within {}; abandoning the instance",
                     humantime::format_duration(d)
                 );
-                PluginError::retriable(format!(
-                    "timed out after {}",
-                    humantime::format_duration(d)
-                ))
+                PluginError::retriable(format!("timed out after {}", humantime::format_duration(d)))
             }
         };
         if error.kind() == ErrorKind::Panicked {

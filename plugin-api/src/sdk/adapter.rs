@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use abi_stable::{
     sabi_trait::TD_Opaque,
-    std_types::{RResult, RSlice, RVec},
+    std_types::{ROption, RResult, RSlice, RVec},
 };
 
 use super::{
@@ -17,10 +17,11 @@ use super::{
     TransformOutput,
 };
 use crate::error::PluginError;
+use crate::ffi::ext::PipelinedSinkFfi_TO;
 use crate::ffi::{
-    PollOutput, Position, Record, SinkBox, SinkFfi, SinkFfi_TO, SourceBox, SourceContextFfi,
-    SourceFfi, SourceFfi_TO, StageContextFfi, TransformBox, TransformFfi, TransformFfi_TO,
-    TransformOutputFfi, WriteOutcomeFfi,
+    PipelinedSinkBox, PipelinedSinkFfi, PollOutput, Position, Record, SinkBox, SinkFfi, SinkFfi_TO,
+    SourceBox, SourceContextFfi, SourceFfi, SourceFfi_TO, StageContextFfi, TransformBox,
+    TransformFfi, TransformFfi_TO, TransformOutputFfi, WriteOutcomeFfi,
 };
 use crate::record::SourceBatch;
 
@@ -121,6 +122,30 @@ impl<S: Sink> SinkFfi for SinkAdapter<S> {
     }
 }
 
+/// A sink that writes one batch at a time, as the [`crate::ffi::PluginExt`] root module
+/// creates it.
+impl<S: Sink> PipelinedSinkFfi for SinkAdapter<S> {
+    fn write(&mut self, batch: RSlice<'_, Record>) -> RResult<WriteOutcomeFfi, PluginError> {
+        guard(|| self.0.write(batch.as_slice()).map(|o| o.inner))
+    }
+    fn close(&mut self) -> RResult<(), PluginError> {
+        guard(|| self.0.close())
+    }
+    fn max_in_flight(&self) -> u32 {
+        1
+    }
+    fn begin_write(&mut self, _batch: RSlice<'_, Record>) -> RResult<(), PluginError> {
+        RResult::RErr(PluginError::fatal(
+            "this sink writes one batch at a time: begin_write is not supported",
+        ))
+    }
+    fn finish_write(&mut self, _wait_ms: u64) -> RResult<ROption<WriteOutcomeFfi>, PluginError> {
+        RResult::RErr(PluginError::fatal(
+            "this sink writes one batch at a time: finish_write is not supported",
+        ))
+    }
+}
+
 pub(super) fn open_source<S: Source>(ctx: SourceContextFfi) -> Result<SourceBox, PluginError> {
     let config: S::Config = parse_config(&ctx.config)?;
     S::validate(&config)?;
@@ -160,9 +185,21 @@ pub(super) fn sink_context(ctx: StageContextFfi) -> SinkContext {
     }
 }
 
-pub(super) fn open_sink<S: Sink>(ctx: StageContextFfi) -> Result<SinkBox, PluginError> {
+fn open_adapter<S: Sink>(ctx: StageContextFfi) -> Result<SinkAdapter<S>, PluginError> {
     let config: S::Config = parse_config(&ctx.config)?;
     S::validate(&config)?;
-    let sink = S::open(config, sink_context(ctx))?;
-    Ok(SinkFfi_TO::from_value(SinkAdapter(sink), TD_Opaque))
+    Ok(SinkAdapter(S::open(config, sink_context(ctx))?))
+}
+
+pub(super) fn open_sink<S: Sink>(ctx: StageContextFfi) -> Result<SinkBox, PluginError> {
+    Ok(SinkFfi_TO::from_value(open_adapter::<S>(ctx)?, TD_Opaque))
+}
+
+pub(super) fn open_sink_ext<S: Sink>(
+    ctx: StageContextFfi,
+) -> Result<PipelinedSinkBox, PluginError> {
+    Ok(PipelinedSinkFfi_TO::from_value(
+        open_adapter::<S>(ctx)?,
+        TD_Opaque,
+    ))
 }

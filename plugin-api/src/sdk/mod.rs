@@ -20,7 +20,7 @@ use crate::ffi::{Position, Record, RecordFailureFfi, TransformOutputFfi, WriteOu
 use crate::record::SourceBatch;
 
 pub use pipelined::{write_by_parts, PipelinedSink};
-pub use registry::{__root_module, PluginBuilder, __ROOT_MODULE_LOADER_NAME};
+pub use registry::{__ext_module, __root_module, PluginBuilder, __ROOT_MODULE_LOADER_NAME};
 
 /// What a source is given when it opens.
 #[derive(Debug, Clone)]

@@ -6,13 +6,17 @@ use std::time::Duration;
 
 use abi_stable::{
     sabi_trait::TD_Opaque,
-    std_types::{RResult, RSlice},
+    std_types::{ROption, RResult, RSlice},
 };
 
 use super::adapter::{guard, sink_context};
 use super::{parse_config, Sink, WriteOutcome};
 use crate::error::PluginError;
-use crate::ffi::{Record, SinkBox, SinkFfi, SinkFfi_TO, StageContextFfi, WriteOutcomeFfi};
+use crate::ffi::ext::PipelinedSinkFfi_TO;
+use crate::ffi::{
+    PipelinedSinkBox, PipelinedSinkFfi, Record, SinkBox, SinkFfi, SinkFfi_TO, StageContextFfi,
+    WriteOutcomeFfi,
+};
 
 /// A [`Sink`] that accepts the next batch before the previous one is confirmed. Register it with
 /// [`crate::PluginBuilder::pipelined_sink`].
@@ -64,19 +68,22 @@ impl<S: PipelinedSink> SinkFfi for PipelinedSinkAdapter<S> {
     fn close(&mut self) -> RResult<(), PluginError> {
         guard(|| self.0.close())
     }
-    #[cfg(not(feature = "__sink_abi_0_1_0_for_tests"))]
+}
+
+impl<S: PipelinedSink> PipelinedSinkFfi for PipelinedSinkAdapter<S> {
+    fn write(&mut self, batch: RSlice<'_, Record>) -> RResult<WriteOutcomeFfi, PluginError> {
+        guard(|| self.0.write(batch.as_slice()).map(|o| o.inner))
+    }
+    fn close(&mut self) -> RResult<(), PluginError> {
+        guard(|| self.0.close())
+    }
     fn max_in_flight(&self) -> u32 {
         S::MAX_IN_FLIGHT.clamp(1, u32::MAX as usize) as u32
     }
-    #[cfg(not(feature = "__sink_abi_0_1_0_for_tests"))]
     fn begin_write(&mut self, batch: RSlice<'_, Record>) -> RResult<(), PluginError> {
         guard(|| self.0.begin_write(batch.as_slice()))
     }
-    #[cfg(not(feature = "__sink_abi_0_1_0_for_tests"))]
-    fn finish_write(
-        &mut self,
-        wait_ms: u64,
-    ) -> RResult<abi_stable::std_types::ROption<WriteOutcomeFfi>, PluginError> {
+    fn finish_write(&mut self, wait_ms: u64) -> RResult<ROption<WriteOutcomeFfi>, PluginError> {
         guard(|| {
             let outcome = self.0.finish_write(Duration::from_millis(wait_ms))?;
             Ok(outcome.map(|o| o.inner).into())
@@ -84,14 +91,21 @@ impl<S: PipelinedSink> SinkFfi for PipelinedSinkAdapter<S> {
     }
 }
 
+fn open<S: PipelinedSink>(ctx: StageContextFfi) -> Result<PipelinedSinkAdapter<S>, PluginError> {
+    let config: S::Config = parse_config(&ctx.config)?;
+    S::validate(&config)?;
+    Ok(PipelinedSinkAdapter(S::open(config, sink_context(ctx))?))
+}
+
+/// For a host that knows only [`crate::ffi::PluginModule`]: `write` and `close`.
 pub(super) fn open_pipelined_sink<S: PipelinedSink>(
     ctx: StageContextFfi,
 ) -> Result<SinkBox, PluginError> {
-    let config: S::Config = parse_config(&ctx.config)?;
-    S::validate(&config)?;
-    let sink = S::open(config, sink_context(ctx))?;
-    Ok(SinkFfi_TO::from_value(
-        PipelinedSinkAdapter(sink),
-        TD_Opaque,
-    ))
+    Ok(SinkFfi_TO::from_value(open::<S>(ctx)?, TD_Opaque))
+}
+
+pub(super) fn open_pipelined_sink_ext<S: PipelinedSink>(
+    ctx: StageContextFfi,
+) -> Result<PipelinedSinkBox, PluginError> {
+    Ok(PipelinedSinkFfi_TO::from_value(open::<S>(ctx)?, TD_Opaque))
 }

@@ -7,15 +7,17 @@ use std::sync::OnceLock;
 use abi_stable::std_types::{RResult, RStr, RString};
 use serde::de::DeserializeOwned;
 
+use super::adapter::open_sink_ext;
 use super::adapter::{
     guard, install_panic_hook, open_sink, open_source, open_transform, panic_message,
 };
-use super::pipelined::open_pipelined_sink;
+use super::pipelined::{open_pipelined_sink, open_pipelined_sink_ext};
 use super::{parse_config, PipelinedSink, Sink, Source, Transform};
 use crate::error::{ConfigError, PluginError};
 use crate::ffi::{
-    ComponentInfo, ComponentKind, HostContext, Manifest, PluginModule, PluginModuleRef, SinkBox,
-    SourceBox, SourceContextFfi, StageContextFfi, TransformBox,
+    ComponentInfo, ComponentKind, HostContext, Manifest, PipelinedSinkBox, PluginExt, PluginExtRef,
+    PluginModule, PluginModuleRef, SinkBox, SourceBox, SourceContextFfi, StageContextFfi,
+    TransformBox,
 };
 
 type ValidateFn = fn(&str) -> Result<(), ConfigError>;
@@ -23,7 +25,11 @@ type ValidateFn = fn(&str) -> Result<(), ConfigError>;
 enum Factory {
     Source(fn(SourceContextFfi) -> Result<SourceBox, PluginError>),
     Transform(fn(StageContextFfi) -> Result<TransformBox, PluginError>),
-    Sink(fn(StageContextFfi) -> Result<SinkBox, PluginError>),
+    /// The sink as [`PluginModule::create_sink`] and as [`PluginExt::create_sink`] make it.
+    Sink(
+        fn(StageContextFfi) -> Result<SinkBox, PluginError>,
+        fn(StageContextFfi) -> Result<PipelinedSinkBox, PluginError>,
+    ),
 }
 
 impl Factory {
@@ -31,7 +37,7 @@ impl Factory {
         match self {
             Factory::Source(_) => ComponentKind::Source,
             Factory::Transform(_) => ComponentKind::Transform,
-            Factory::Sink(_) => ComponentKind::Sink,
+            Factory::Sink(..) => ComponentKind::Sink,
         }
     }
 }
@@ -98,7 +104,7 @@ impl PluginBuilder {
             name,
             description,
             validate: |json| validate_with::<S::Config>(json, S::validate),
-            factory: Factory::Sink(open_sink::<S>),
+            factory: Factory::Sink(open_sink::<S>, open_sink_ext::<S>),
         });
         self
     }
@@ -113,7 +119,7 @@ impl PluginBuilder {
             name,
             description,
             validate: |json| validate_with::<S::Config>(json, S::validate),
-            factory: Factory::Sink(open_pipelined_sink::<S>),
+            factory: Factory::Sink(open_pipelined_sink::<S>, open_pipelined_sink_ext::<S>),
         });
         self
     }
@@ -214,10 +220,31 @@ extern "C" fn ffi_create_sink(
 ) -> RResult<SinkBox, PluginError> {
     guard(
         || match &plugin().find(ComponentKind::Sink, name.as_str())?.factory {
-            Factory::Sink(f) => f(ctx),
+            Factory::Sink(f, _) => f(ctx),
             _ => unreachable!("find checks the kind"),
         },
     )
+}
+
+extern "C" fn ffi_ext_create_sink(
+    name: RStr<'_>,
+    ctx: StageContextFfi,
+) -> RResult<PipelinedSinkBox, PluginError> {
+    guard(
+        || match &plugin().find(ComponentKind::Sink, name.as_str())?.factory {
+            Factory::Sink(_, f) => f(ctx),
+            _ => unreachable!("find checks the kind"),
+        },
+    )
+}
+
+/// Used by [`crate::export_plugin!`]; not part of the public API.
+#[doc(hidden)]
+pub fn __ext_module(build: impl FnOnce() -> PluginBuilder) -> PluginExtRef {
+    PLUGIN.get_or_init(build);
+    abi_stable::prefix_type::PrefixTypeTrait::leak_into_prefix(PluginExt {
+        create_sink: ffi_ext_create_sink,
+    })
 }
 
 /// Used by [`crate::export_plugin!`]; not part of the public API.
@@ -260,6 +287,24 @@ macro_rules! export_plugin {
                     $crate::ffi::PluginModuleRef,
                 >(
                     erased_root_module,
+                    $crate::abi_stable::library::CheckTypeLayout::Yes,
+                )
+            }
+        };
+        // The capabilities added after plugin-api 0.1.0, under a symbol of their own (see
+        // `ffi::ext`): a host looks it up and falls back when a library lacks it.
+        #[export_name = "orbit_plugin_ext_v1"]
+        pub static __ORBIT_PLUGIN_EXT_HEADER: $crate::abi_stable::library::LibHeader = {
+            extern "C" fn erased_ext_module() -> $crate::abi_stable::library::RootModuleResult {
+                $crate::abi_stable::library::__call_root_module_loader(|| {
+                    $crate::__ext_module(|| $builder)
+                })
+            }
+            unsafe {
+                $crate::abi_stable::library::LibHeader::from_constructor::<
+                    $crate::ffi::PluginExtRef,
+                >(
+                    erased_ext_module,
                     $crate::abi_stable::library::CheckTypeLayout::Yes,
                 )
             }

@@ -54,7 +54,9 @@ impl PipelinedSink for ChaosSink {
         let call = self.injector.before_call()?;
         let ready = Instant::now() + self.injector.faults.finish_after.unwrap_or_default();
         let outcome = if self.injector.faults.lose_batch == Some(call) {
-            Err(PluginError::retriable(format!("chaos: batch of call {call} lost")))
+            Err(PluginError::retriable(format!(
+                "chaos: batch of call {call} lost"
+            )))
         } else {
             Ok(self.append(batch)?)
         };
@@ -111,4 +113,3 @@ impl ChaosSink {
         Ok(outcome)
     }
 }
-

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use abi_stable::std_types::RVec;
-use orbit_plugin_api::ffi::SinkBox;
 use orbit_plugin_api::{ErrorKind, PluginError, Record};
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
@@ -17,6 +16,7 @@ use tracing::Instrument as _;
 use super::dead_letter::{self, Failure};
 use super::stage::{recv, sample, settle, Stage};
 use super::{Batch, PipelineError, Shared};
+use crate::plugin::HostSink;
 use crate::policy::CallError;
 
 /// How a batch is written again after its window failed.
@@ -31,7 +31,7 @@ pub(super) struct Resend<'a> {
 }
 
 pub(super) async fn run_sink(
-    mut stage: Stage<SinkBox>,
+    mut stage: Stage<HostSink>,
     mut rx: mpsc::Receiver<Batch>,
     shared: Arc<Shared>,
     max_in_flight: Option<usize>,
@@ -64,7 +64,7 @@ pub(super) async fn run_sink(
 /// the records the sink failed individually with retriable errors (as a smaller batch), and
 /// dead-letters what is rejected or out of retries. Returns how many records were written.
 pub(super) async fn write_through_policy(
-    stage: &mut Stage<SinkBox>,
+    stage: &mut Stage<HostSink>,
     shared: &Shared,
     records: Arc<RVec<Record>>,
     resend: Resend<'_>,

@@ -16,16 +16,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use abi_stable::std_types::RVec;
-use orbit_plugin_api::ffi::SinkBox;
 use orbit_plugin_api::{PluginError, Record};
 use tokio::sync::mpsc::{self, error::TryRecvError};
 
 use super::plan::{plan, Ended};
 use super::{write_through_policy, Resend};
+use crate::config::DEFAULT_SINK_IN_FLIGHT;
 use crate::pipeline::dead_letter::{self, Failure};
 use crate::pipeline::stage::{recv, sample, Stage};
 use crate::pipeline::{Batch, PipelineError, Shared};
-use crate::config::DEFAULT_SINK_IN_FLIGHT;
+use crate::plugin::HostSink;
 use crate::policy::CallError;
 
 /// How long a `finish_write` waits while the window has room for another batch: a new batch
@@ -36,7 +36,7 @@ const FINISH_SLICE: Duration = Duration::from_secs(1);
 
 /// The window: `sink.max_in_flight` (or the default) bounded by what the plugin supports (1 for
 /// a library built before pipelined sinks, or a sink that does not opt in).
-pub(super) async fn size(stage: &mut Stage<SinkBox>, configured: Option<usize>) -> usize {
+pub(super) async fn size(stage: &mut Stage<HostSink>, configured: Option<usize>) -> usize {
     let supported = stage.max_in_flight().await;
     let wanted = configured.unwrap_or(DEFAULT_SINK_IN_FLIGHT);
     let window = wanted.min(supported).max(1);
@@ -60,7 +60,7 @@ struct Entry {
 }
 
 pub(super) async fn run(
-    stage: &mut Stage<SinkBox>,
+    stage: &mut Stage<HostSink>,
     rx: &mut mpsc::Receiver<Batch>,
     shared: &Shared,
     w: usize,
@@ -95,7 +95,7 @@ pub(super) async fn run(
 /// Begins batches while the window has room and batches are waiting (waits for one only when
 /// the window is empty).
 async fn fill(
-    stage: &mut Stage<SinkBox>,
+    stage: &mut Stage<HostSink>,
     rx: &mut mpsc::Receiver<Batch>,
     shared: &Shared,
     window: &mut VecDeque<Entry>,
@@ -145,14 +145,14 @@ async fn fill(
     Ok(())
 }
 
-fn stop_error(shared: &Shared, stage: &Stage<SinkBox>, e: CallError) -> Option<PipelineError> {
+fn stop_error(shared: &Shared, stage: &Stage<HostSink>, e: CallError) -> Option<PipelineError> {
     shared.source_error(&stage.instance.id, e)
 }
 
 /// One `finish_write` for the front: a short one while another batch could be begun, else up
 /// to a second and never past the front's timeout.
 async fn finish_front(
-    stage: &mut Stage<SinkBox>,
+    stage: &mut Stage<HostSink>,
     shared: &Shared,
     window: &mut VecDeque<Entry>,
     room: bool,
@@ -207,7 +207,7 @@ fn lose(window: &mut VecDeque<Entry>, generation: u64) {
 
 /// The front was not confirmed within the call timeout: the instance is abandoned (it may be
 /// stuck) and every batch still in flight failed.
-fn time_out(stage: &mut Stage<SinkBox>, window: &mut VecDeque<Entry>) {
+fn time_out(stage: &mut Stage<HostSink>, window: &mut VecDeque<Entry>) {
     let timeout = stage.policy.call_timeout();
     stage.policy.metrics.timeouts.fetch_add(1, Relaxed);
     tracing::warn!(
@@ -225,7 +225,7 @@ fn time_out(stage: &mut Stage<SinkBox>, window: &mut VecDeque<Entry>) {
 
 /// Finishes every entry still in flight.
 async fn drain(
-    stage: &mut Stage<SinkBox>,
+    stage: &mut Stage<HostSink>,
     shared: &Shared,
     window: &mut VecDeque<Entry>,
 ) -> Result<(), Option<PipelineError>> {
@@ -242,7 +242,7 @@ async fn drain(
 /// The front was confirmed and needs no resend: its rejects are dead-lettered, and it
 /// completes.
 async fn complete(
-    stage: &mut Stage<SinkBox>,
+    stage: &mut Stage<HostSink>,
     shared: &Shared,
     entry: Entry,
 ) -> Result<(), Option<PipelineError>> {
@@ -282,7 +282,7 @@ async fn complete(
 /// [`plan`] says, one batch at a time through the policy stack, and completes the batches in
 /// order.
 async fn recover(
-    stage: &mut Stage<SinkBox>,
+    stage: &mut Stage<HostSink>,
     shared: &Shared,
     entries: Vec<Entry>,
 ) -> Result<(), Option<PipelineError>> {
@@ -297,7 +297,11 @@ async fn recover(
         .iter()
         .find_map(|e| e.resend_error())
         .map(|e| (e.clone(), entries[0].begun));
-    let window: Vec<_> = entries.iter().zip(&ended).map(|(e, x)| (&*e.records, *x)).collect();
+    let window: Vec<_> = entries
+        .iter()
+        .zip(&ended)
+        .map(|(e, x)| (&*e.records, *x))
+        .collect();
     let pieces = plan(&window);
     let resent: usize = pieces
         .iter()

@@ -5,16 +5,17 @@
 //! layout of every type reachable from [`PluginModule`] with the host's and refuses the library on
 //! any difference, naming the type.
 //!
-//! Rules for changing this file without breaking plugins already built:
-//! * a new function in [`PluginModule`] goes after the `last_prefix_field` with
-//!   `#[sabi(missing_field(option))]`, and the host checks for it with the generated accessor,
-//!   which then returns `None` for an older library (the struct's own default,
-//!   `missing_field(panic)`, would panic instead);
-//! * a new method on a `#[sabi_trait]` goes after its `last_prefix_field` with a default body:
-//!   for an older library, whose vtable ends before it, abi_stable runs that body. Never mark
-//!   such a method `#[sabi(no_default_fallback)]`. A capability the host may use is announced
-//!   by such a method (e.g. [`SinkFfi::max_in_flight`] returning more than 1), so the default
-//!   says "not supported" and the host falls back;
+//! Rules for changing this file without breaking plugins already built. abi_stable refuses a
+//! library when a prefix type (the root module, a trait object's vtable) has *fewer* fields in
+//! the library than in the host: a host built against a newer plugin-api would refuse every
+//! older plugin if a field or method were added to a type reachable from [`PluginModule`]. So:
+//! * nothing reachable from [`PluginModule`] changes within 0.1.x;
+//! * a new capability is a new root module under a symbol of its own ([`ext`]: the
+//!   `orbit_plugin_ext_v1` symbol), which the host looks up and uses when present, falling
+//!   back to [`PluginModule`] when an older library does not export it. Its next revision is a
+//!   new symbol (`…_v2`), never a change to `…_v1`;
+//! * a library built against a *newer* 0.1.x plugin-api may have more fields in a prefix type
+//!   than the host (abi_stable accepts that), which is what `#[sabi(last_prefix_field)]` allows;
 //! * any other change is a new plugin-api minor version (0.x) and old plugins are refused.
 
 // The `#[sabi_trait]` expansion defines impls inside a const block.
@@ -30,6 +31,9 @@ use abi_stable::{
 };
 
 pub use crate::error::{ConfigError, PluginError};
+
+pub mod ext;
+pub use ext::{PipelinedSinkBox, PipelinedSinkFfi, PluginExt, PluginExtRef};
 
 /// One record header: a name and raw bytes.
 #[repr(C)]
@@ -208,39 +212,6 @@ pub trait TransformFfi: Send {
     fn close(&mut self) -> RResult<(), PluginError>;
 }
 
-/// A sink. `write` takes one batch and returns once it is durably accepted. The methods after
-/// `close` came with plugin-api 0.1.1: a sink may hold several batches begun and not yet
-/// confirmed (`begin_write`, then `finish_write` for the oldest). A library built against 0.1.0
-/// has no such methods in its vtable: abi_stable then runs the default bodies here, so
-/// `max_in_flight` is 1 and the host writes one batch at a time with `write`.
-#[cfg(not(feature = "__sink_abi_0_1_0_for_tests"))]
-#[sabi_trait]
-pub trait SinkFfi: Send {
-    fn write(&mut self, batch: RSlice<'_, Record>) -> RResult<WriteOutcomeFfi, PluginError>;
-    /// Stays the last prefix field for all of 0.1.x: moving it breaks libraries already built.
-    #[sabi(last_prefix_field)]
-    fn close(&mut self) -> RResult<(), PluginError>;
-    /// How many batches this sink holds begun and unfinished; 1 means `write` only.
-    fn max_in_flight(&self) -> u32 {
-        1
-    }
-    /// Starts writing a batch without waiting for it to be confirmed.
-    fn begin_write(&mut self, _batch: RSlice<'_, Record>) -> RResult<(), PluginError> {
-        RResult::RErr(PluginError::fatal(
-            "this sink does not support begin_write (it reports max_in_flight 1)",
-        ))
-    }
-    /// The oldest begun batch's outcome, once it is confirmed, waiting up to `wait_ms`.
-    fn finish_write(&mut self, _wait_ms: u64) -> RResult<ROption<WriteOutcomeFfi>, PluginError> {
-        RResult::RErr(PluginError::fatal(
-            "this sink does not support finish_write (it reports max_in_flight 1)",
-        ))
-    }
-}
-
-/// `SinkFfi` as plugin-api 0.1.0 declared it: test-only, to build a library with the old vtable
-/// and check that the host still loads it and writes one batch at a time.
-#[cfg(feature = "__sink_abi_0_1_0_for_tests")]
 #[sabi_trait]
 pub trait SinkFfi: Send {
     fn write(&mut self, batch: RSlice<'_, Record>) -> RResult<WriteOutcomeFfi, PluginError>;
