@@ -31,7 +31,7 @@ use orbit_plugin_api::{export_plugin, PluginBuilder};
 
 export_plugin!(PluginBuilder::new("kafka", env!("CARGO_PKG_VERSION"))
     .source::<source::KafkaSource>("kafka", "consumer group; commits only delivered offsets")
-    .sink::<sink::KafkaSink>(
+    .pipelined_sink::<sink::KafkaSink>(
         "kafka",
         "idempotent producer; waits for every delivery report"
     ));
