@@ -5,6 +5,7 @@
 # COUNT records of SIZE bytes; prints records/s and the ratio (median of RUNS runs).
 #
 #   bench/kafka.sh                 # COUNT=1000000 SIZE=100 RUNS=3
+#   IN_FLIGHT=1 bench/kafka.sh     # the sink's window (sink.max_in_flight); default: the host's
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COUNT=${COUNT:-1000000}
@@ -33,7 +34,7 @@ for i in $(seq 1 "$RUNS"); do
   cat > "$work/relay.yaml" <<YAML
 name: bench-kafka-relay
 source: { plugin: kafka, config: { brokers: "$brokers", topic: in, group: orbit-bench-$i-$$ } }
-sink: { plugin: kafka, config: { brokers: "$brokers", topic: orbit-$i } }
+sink: { plugin: kafka, ${IN_FLIGHT:+max_in_flight: $IN_FLIGHT, }config: { brokers: "$brokers", topic: orbit-$i } }
 batch: { max_records: ${BATCH:-1000} }
 YAML
   # Done when the host reports COUNT records written (tansu's watermarks do not count records

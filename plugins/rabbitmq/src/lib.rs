@@ -37,4 +37,4 @@ use orbit_plugin_api::{export_plugin, PluginBuilder};
 
 export_plugin!(PluginBuilder::new("rabbitmq", env!("CARGO_PKG_VERSION"))
     .source::<source::RabbitSource>("rabbitmq", "consumes a queue; acks after delivery")
-    .sink::<sink::RabbitSink>("rabbitmq", "publishes with publisher confirms"));
+    .pipelined_sink::<sink::RabbitSink>("rabbitmq", "publishes with publisher confirms"));
