@@ -170,7 +170,8 @@ impl PipelinedSink for RabbitSink {
         if self.pending.is_empty() {
             return Ok(None);
         }
-        let finishing = tokio::time::timeout(wait, self.finish_front());
+        // The timer is made inside the runtime (it needs its time driver).
+        let finishing = async { tokio::time::timeout(wait, self.finish_front()).await };
         match orbit_plugin_api::runtime().block_on(finishing) {
             Err(_) => Ok(None),
             Ok(result) => {
