@@ -95,8 +95,7 @@ impl Stage<HostSink> {
     }
 
     /// How many batches the plugin can hold in flight: 1 for a sink that writes one batch at a
-    /// time, and for a library built before pipelined sinks (abi_stable then runs the
-    /// method's default body).
+    /// time, and for a library built before pipelined sinks (see [`HostSink`]).
     pub(super) async fn max_in_flight(&mut self) -> usize {
         self.instance
             .call(|s| Ok(s.max_in_flight()))

@@ -12,12 +12,14 @@
 mod admit;
 pub mod breaker;
 mod instance;
+mod per_record;
 pub mod rate_limit;
 mod resolve;
 pub mod restart;
 pub mod retry;
 pub mod timeout;
 
+pub use per_record::{Resend, Settled, Verdict};
 pub use resolve::{merge, validate, PolicyError, ResolvedPolicy, DEFAULT_TIMEOUT};
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};

@@ -20,13 +20,13 @@ use orbit_plugin_api::{PluginError, Record};
 use tokio::sync::mpsc::{self, error::TryRecvError};
 
 use super::plan::{plan, Ended};
-use super::{write_through_policy, Resend};
+use super::write_through_policy;
 use crate::config::DEFAULT_SINK_IN_FLIGHT;
 use crate::pipeline::dead_letter::{self, Failure};
 use crate::pipeline::stage::{recv, sample, Stage};
 use crate::pipeline::{Batch, PipelineError, Shared};
 use crate::plugin::HostSink;
-use crate::policy::CallError;
+use crate::policy::{CallError, Resend};
 
 /// How long a `finish_write` waits while the window has room for another batch: a new batch
 /// is begun within about this long.
