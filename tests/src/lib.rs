@@ -432,6 +432,28 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The counters of the `policy events:` line the host logged for `stage` at the end of a run
+/// (`retries`, `timeouts`, `in_flight_max`, … and `calls`); `None` if it logged none.
+pub fn policy_events(stderr: &str, stage: &str) -> Option<std::collections::HashMap<String, u64>> {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("policy events:") && l.contains(&format!("stage={stage} ")))?;
+    Some(
+        line.split_whitespace()
+            .filter_map(|w| w.split_once('='))
+            .filter_map(|(k, v)| v.parse().ok().map(|v| (k.to_string(), v)))
+            .collect(),
+    )
+}
+
+/// The most batches the sink held in flight at once, from its `policy events:` line (1 when
+/// it logged none: a window of one batch is no event).
+pub fn sink_in_flight_max(stderr: &str) -> u64 {
+    policy_events(stderr, "sink")
+        .and_then(|e| e.get("in_flight_max").copied())
+        .unwrap_or(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

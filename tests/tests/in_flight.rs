@@ -8,18 +8,9 @@ use std::time::Duration;
 
 use orbit_e2e::*;
 
-/// The `policy events:` counters the host logged for `stage`.
+/// The `policy events:` counters the host logged for `stage` (none: empty).
 fn events(stderr: &str, stage: &str) -> HashMap<String, u64> {
-    stderr
-        .lines()
-        .find(|l| l.contains("policy events:") && l.contains(&format!("stage={stage} ")))
-        .map(|line| {
-            line.split_whitespace()
-                .filter_map(|w| w.split_once('='))
-                .filter_map(|(k, v)| v.parse().ok().map(|v| (k.to_string(), v)))
-                .collect()
-        })
-        .unwrap_or_default()
+    policy_events(stderr, stage).unwrap_or_default()
 }
 
 fn seqs(lines: &[String]) -> Vec<u64> {
@@ -70,9 +61,8 @@ batch: { max_records: 50, buffer: 16 }
     );
     assert_eq!(seqs(&s.lines("out.txt")), (0..3000).collect::<Vec<_>>());
     assert_eq!((summary.records_in, summary.written), (3000, 3000), "{err}");
-    let e = events(&err, "sink");
     // Confirmations take 20 ms and batches keep coming: the window fills.
-    assert!(e.get("in_flight_max").copied().unwrap_or(1) >= 4, "{err}");
+    assert!(sink_in_flight_max(&err) >= 4, "{err}");
     assert!(
         err.contains("the sink keeps up to 8 batches in flight"),
         "{err}"

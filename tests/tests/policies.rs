@@ -7,14 +7,7 @@ use orbit_e2e::*;
 
 /// The `policy events:` counters the host logged for `stage`, plus `calls`.
 fn events(stderr: &str, stage: &str) -> HashMap<String, u64> {
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("policy events:") && l.contains(&format!("stage={stage} ")))
-        .unwrap_or_else(|| panic!("no policy events for {stage}: {stderr}"));
-    line.split_whitespace()
-        .filter_map(|w| w.split_once('='))
-        .filter_map(|(k, v)| v.parse().ok().map(|v| (k.to_string(), v)))
-        .collect()
+    policy_events(stderr, stage).unwrap_or_else(|| panic!("no policy events for {stage}: {stderr}"))
 }
 
 fn seqs(lines: &[String]) -> Vec<u64> {

@@ -229,15 +229,7 @@ fn rabbitmq_sink_keeps_queue_order_with_batches_in_flight() {
     let out = s.run(&["p.yaml", "--progress", "0s"]);
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
-    let window = err
-        .lines()
-        .find(|l| l.contains("policy events:") && l.contains("stage=sink "))
-        .and_then(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("in_flight_max="))
-        })
-        .and_then(|n| n.parse::<u64>().ok())
-        .unwrap_or(1);
+    let window = sink_in_flight_max(&err);
     assert!(
         window >= 4,
         "the window never filled (in_flight_max={window}): {err}"

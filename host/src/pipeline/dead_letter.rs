@@ -36,6 +36,17 @@ pub struct Failure {
     pub attempts: u32,
 }
 
+impl Failure {
+    /// A record a plugin reported failed, after `attempts` calls.
+    pub fn reported(f: &orbit_plugin_api::ffi::RecordFailureFfi, attempts: u32) -> Self {
+        Failure {
+            index: f.index as usize,
+            error: f.error.clone(),
+            attempts,
+        }
+    }
+}
+
 pub struct DeadLetterRequest {
     records: RVec<Record>,
     reply: oneshot::Sender<Result<(), PluginError>>,

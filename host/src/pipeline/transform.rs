@@ -38,11 +38,7 @@ pub(super) async fn run_transform(
             let failures: Vec<Failure> = out
                 .failures
                 .iter()
-                .map(|f| Failure {
-                    index: f.index as usize,
-                    error: f.error.clone(),
-                    attempts,
-                })
+                .map(|f| Failure::reported(f, attempts))
                 .collect();
             let failed = failures.len();
             dead_letter::handle(&shared, &stage.instance.id, &records, failures)

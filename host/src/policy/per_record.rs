@@ -103,7 +103,10 @@ impl PolicyStack {
                 .await
             {
                 Ok(v) => v,
-                Err(CallError::Exhausted { error, attempts } | CallError::Rejected { error, attempts }) => {
+                Err(
+                    CallError::Exhausted { error, attempts }
+                    | CallError::Rejected { error, attempts },
+                ) => {
                     settled.failed.extend(all_failed(&origin, &error, attempts));
                     return Ok(settled);
                 }

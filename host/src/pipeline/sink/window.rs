@@ -253,11 +253,7 @@ async fn complete(
     let failures: Vec<Failure> = out
         .failures
         .iter()
-        .map(|f| Failure {
-            index: f.index as usize,
-            error: f.error.clone(),
-            attempts: 1,
-        })
+        .map(|f| Failure::reported(f, 1))
         .collect();
     let mut failed = vec![false; n];
     for f in &failures {
