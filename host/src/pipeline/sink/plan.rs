@@ -187,4 +187,114 @@ mod tests {
         assert_eq!(p[0].resend, vec![1]);
         assert_eq!(p[0].delivered, 1);
     }
+
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    /// How one record of the first round went: delivered; failed retriably with its copy
+    /// landed or not; rejected.
+    #[derive(Debug, Clone, Copy)]
+    enum Fate {
+        Delivered,
+        Failed { landed: bool },
+        Rejected,
+    }
+
+    fn fate() -> impl Strategy<Value = Fate> {
+        prop_oneof![
+            6 => Just(Fate::Delivered),
+            2 => any::<bool>().prop_map(|landed| Fate::Failed { landed }),
+            1 => Just(Fate::Rejected),
+        ]
+    }
+
+    /// A window: batches of (partition, fate) records, some failed as a whole (their copies
+    /// landed or not).
+    /// A batch's records as (partition, fate), and `Some(landed)` when it failed whole.
+    type ModelBatch = (Vec<(i32, Fate)>, Option<bool>);
+
+    fn window() -> impl Strategy<Value = Vec<ModelBatch>> {
+        prop::collection::vec(
+            (
+                prop::collection::vec((0..3i32, fate()), 1..8),
+                prop::option::weighted(0.2, any::<bool>()),
+            ),
+            1..6,
+        )
+    }
+
+    proptest! {
+        /// Against a model destination (an append-only log per partition): after the first
+        /// round and the planned resend (which succeeds), every record not rejected is there,
+        /// and the last copies are in source order per partition.
+        #[test]
+        fn the_last_copies_land_in_source_order(window in window()) {
+            let mut log: HashMap<i32, Vec<u64>> = HashMap::new();
+            let mut batches = Vec::new();
+            let mut ended = Vec::new();
+            let mut seq = 0u64;
+            let mut rejected = std::collections::HashSet::new();
+            for (records, whole) in &window {
+                let mut b = batch(&records.iter().map(|(p, _)| *p).collect::<Vec<_>>());
+                let mut failures = Vec::new();
+                for (i, (p, f)) in records.iter().enumerate() {
+                    b[i].offset = seq.to_be_bytes().to_vec().into();
+                    let landed = match (whole, f) {
+                        (Some(landed), _) => *landed,
+                        (None, Fate::Delivered) => true,
+                        (None, Fate::Failed { landed }) => {
+                            failures.push((i, PluginError::retriable("x")));
+                            *landed
+                        }
+                        (None, Fate::Rejected) => {
+                            failures.push((i, PluginError::rejected("bad")));
+                            rejected.insert(seq);
+                            false
+                        }
+                    };
+                    if landed {
+                        log.entry(*p).or_default().push(seq);
+                    }
+                    seq += 1;
+                }
+                ended.push(match whole {
+                    Some(_) => Ended::Failed(PluginError::retriable("lost")),
+                    None => done(&failures),
+                });
+                batches.push(b);
+            }
+            // A whole-batch failure fails its rejects too (retriably): they are resent.
+            for (b, (records, whole)) in batches.iter().zip(&window) {
+                if whole.is_some() {
+                    for (r, _) in b.iter().zip(records) {
+                        rejected.remove(&u64::from_be_bytes(r.offset.as_slice().try_into().unwrap()));
+                    }
+                }
+            }
+            let view: Vec<_> = batches.iter().zip(&ended).collect();
+            for (b, piece) in batches.iter().zip(plan(&view)) {
+                for i in piece.resend {
+                    let r = &b[i];
+                    let seq = u64::from_be_bytes(r.offset.as_slice().try_into().unwrap());
+                    log.entry(r.partition).or_default().push(seq);
+                }
+            }
+            for (p, entries) in &log {
+                let mut last: HashMap<u64, usize> = HashMap::new();
+                for (at, s) in entries.iter().enumerate() {
+                    last.insert(*s, at);
+                }
+                let mut order: Vec<(usize, u64)> = last.into_iter().map(|(s, at)| (at, s)).collect();
+                order.sort_unstable();
+                let seqs: Vec<u64> = order.into_iter().map(|(_, s)| s).collect();
+                let mut sorted = seqs.clone();
+                sorted.sort_unstable();
+                prop_assert_eq!(&seqs, &sorted, "partition {} ends out of order: {:?}", p, entries);
+            }
+            let present: std::collections::HashSet<u64> = log.values().flatten().copied().collect();
+            for s in 0..seq {
+                prop_assert!(present.contains(&s) || rejected.contains(&s), "record {} lost", s);
+            }
+        }
+    }
 }
