@@ -567,6 +567,73 @@ batch: {{ max_records: 100, max_wait: 50ms }}
     server.stop();
 }
 
+#[derive(Default)]
+struct Slow {
+    now: usize,
+    peak: usize,
+    /// The ids of each request, in arrival order.
+    requests: Vec<Vec<u64>>,
+}
+
+/// Answers every request after 50 ms, counting the requests it holds at once.
+async fn slow(State(state): State<Arc<Mutex<Slow>>>, body: Bytes) -> StatusCode {
+    {
+        let mut s = state.lock().unwrap();
+        s.now += 1;
+        s.peak = s.peak.max(s.now);
+        s.requests.push(ids_of(&body));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    state.lock().unwrap().now -= 1;
+    StatusCode::OK
+}
+
+#[test]
+fn http_sink_keeps_several_batches_in_flight() {
+    let state = Arc::new(Mutex::new(Slow::default()));
+    let server = serve(
+        0,
+        Router::new()
+            .route("/hook", post(slow))
+            .with_state(state.clone()),
+    );
+    let s = Scratch::new();
+    let n = 2000u64;
+    s.write(
+        "p.yaml",
+        &format!(
+            r#"
+name: window
+source: {{ plugin: generate, config: {{ count: {n}, template: '{{"id":{{{{seq}}}}}}' }} }}
+sink:
+  plugin: http
+  max_in_flight: 4
+  config: {{ url: "http://127.0.0.1:{port}/hook", body: json_array, max_batch_records: 25, concurrency: 2, timeout: 10s }}
+batch: {{ max_records: 100 }}
+"#,
+            port = server.port
+        ),
+    );
+    let out = s.run(&["p.yaml", "--progress", "0s"]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let st = state.lock().unwrap();
+    // Every record once: nothing failed, so nothing was sent twice.
+    let mut delivered: Vec<u64> = st.requests.iter().flatten().copied().collect();
+    delivered.sort_unstable();
+    assert_eq!(delivered, (0..n).collect::<Vec<_>>(), "{err}");
+    assert!(st.requests.iter().all(|r| !r.is_empty() && r.len() <= 25));
+    // `concurrency` is for the whole sink: 2 requests at once, however many batches are in
+    // flight (each batch alone has 4 requests to send).
+    assert_eq!(st.peak, 2, "{err}");
+    let summary = finished_once(&err);
+    assert_eq!((summary.records_in, summary.written), (n, n), "{err}");
+    let e = policy_events(&err, "sink").unwrap_or_default();
+    assert!(e.get("in_flight_max").copied().unwrap_or(1) >= 2, "{err}");
+    drop(st);
+    server.stop();
+}
+
 // ---------------------------------------------------------------------------------------------
 // http source
 

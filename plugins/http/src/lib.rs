@@ -6,7 +6,7 @@
 //! * **Transient failure**: a refused connection, a timeout, or a status in `retry_on`
 //!   (default 408, 429, 5xx) fails the records of that request as retriable; `Retry-After`
 //!   (seconds or an HTTP date) becomes the host's retry-after, so the next attempt waits at
-//!   least that long. When every request of a call failed that way the call fails as a whole
+//!   least that long. When every request of a batch failed that way the batch fails as a whole
 //!   (it counts towards the circuit breaker); otherwise only the failed requests' records are
 //!   retried, as a smaller batch. The plugin never retries by itself.
 //! * **Permanent failure**: any other non-2xx status rejects the request's records with the
@@ -16,9 +16,18 @@
 //!   filled is rejected the same way, before anything is sent. A 413 to a request of several
 //!   records is not a verdict on them: they are retried as retriable failures and from then on
 //!   requests carry at most half as many records (logged); a 413 for a single record rejects it.
+//! * **Batches in flight**: the sink sends the next batch's requests without waiting for the
+//!   answers to the previous batch's, up to the host's `sink.max_in_flight` batches (default 4;
+//!   `1` writes one batch at a time). `concurrency` is **sink-wide**: it bounds the requests in
+//!   flight of all those batches together, not of each batch, so a wider window does not add
+//!   load on the receiver. Requests take their turn in order (batch after batch, and within a
+//!   batch), but with `concurrency` above 1 they overlap and may arrive and be answered in any
+//!   order; only `concurrency: 1` sends them one at a time, in that order.
 //! * **Duplicates**: a request whose answer was lost (timeout after the server processed it)
 //!   or whose records are retried after a partial failure may be delivered again. The window is
-//!   the records of the requests in flight when the failure happened (at most one batch).
+//!   the records of the batches in flight when the failure happened (at most `max_in_flight`
+//!   batches): the host resends the failed records and, so that the last copies stay in order,
+//!   the later records of the same source partition.
 //! * **Dedup key**: with `body: per_record`, the `X-Orbit-Record-Id` header:
 //!   `stream/partition/hex(offset)` of the record's source position, the same on every
 //!   retry and different for every record. Batched bodies are regrouped on retry, so dedup there on an id inside the values
@@ -76,6 +85,6 @@ mod trim;
 use orbit_plugin_api::{export_plugin, PluginBuilder};
 
 export_plugin!(PluginBuilder::new("http", env!("CARGO_PKG_VERSION"))
-    .sink::<sink::HttpSink>("http", "delivers batches to a webhook (POST/PUT, signed)")
+    .pipelined_sink::<sink::HttpSink>("http", "delivers batches to a webhook (POST/PUT, signed)")
     .source::<source::HttpSource>("http", "receives JSON / NDJSON over HTTP")
     .sink::<sse::SseSink>("sse", "streams records to clients as server-sent events"));

@@ -44,6 +44,19 @@ impl Ended {
         }
     }
 
+    /// The longest retry-after among the errors that ask for a resend.
+    pub(super) fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Ended::Done(out) => out
+                .failures
+                .iter()
+                .filter(|f| f.error.kind() == ErrorKind::Retriable)
+                .filter_map(|f| f.error.retry_after())
+                .max(),
+            Ended::Failed(e) => e.retry_after().filter(|_| resendable(e)),
+        }
+    }
+
     /// The first error that asks for a resend, for the retry policy.
     pub(super) fn resend_error(&self) -> Option<&PluginError> {
         match self {

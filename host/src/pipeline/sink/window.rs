@@ -289,10 +289,16 @@ async fn recover(
     if let Some(error) = ended.iter().find_map(|e| e.fatal()) {
         return Err(Some(shared.stage_error(&stage.instance.id, error.clone())));
     }
+    // Every batch is resent after the first resend: it waits for the longest retry-after any
+    // of them was given (a 429 on a later batch than the one that failed first).
+    let longest = ended.iter().filter_map(|e| e.retry_after()).max();
     let mut after = ended
         .iter()
         .find_map(|e| e.resend_error())
-        .map(|e| (e.clone(), entries[0].begun));
+        .map(|e| match longest {
+            Some(d) => (e.clone().with_retry_after(d), entries[0].begun),
+            None => (e.clone(), entries[0].begun),
+        });
     let window: Vec<_> = entries
         .iter()
         .zip(&ended)

@@ -88,7 +88,7 @@ pub struct Config {
     /// Most records per request (json_array, ndjson); default: the whole batch.
     #[serde(default)]
     max_batch_records: Option<usize>,
-    /// Requests in flight at once while writing one batch.
+    /// Requests in flight at once for the whole sink, across all the batches in flight.
     #[serde(default = "default_concurrency")]
     concurrency: usize,
     /// Statuses that are retried (the host's retry policy); other non-2xx are rejections.

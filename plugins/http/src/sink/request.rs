@@ -13,7 +13,7 @@ use orbit_plugin_api::{PluginError, Record};
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use sha2::Sha256;
 
-use super::{Auth, BodyMode, HttpSink};
+use super::{Auth, BodyMode, Inner};
 
 // ---------------------------------------------------------------------------------------------
 // URL templates
@@ -51,7 +51,7 @@ pub(super) struct Request {
     pub(super) record_id: Option<String>,
 }
 
-impl HttpSink {
+impl Inner {
     /// Groups records by URL (in first-seen order), splits them into requests and builds the
     /// bodies. Records that cannot be sent (URL, framing) go to `failed` as rejected.
     pub(super) fn requests(
@@ -282,7 +282,7 @@ mod tests {
         .map(|v| Record::new(*v))
         .collect();
         let mut failed = Vec::new();
-        let requests = s.requests(&batch, &mut failed);
+        let requests = s.inner.requests(&batch, &mut failed);
         let shape: Vec<(String, Vec<usize>, String)> = requests
             .iter()
             .map(|r| {

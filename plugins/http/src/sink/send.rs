@@ -1,50 +1,80 @@
-//! Sending the `http` sink's requests and judging the answers: the requests of a batch go out
-//! `concurrency` at a time on the sink's runtime; each response is classified as written,
-//! retriable (with `Retry-After`, 413 chunk halving) or rejected/config, and the per-request
-//! results become the batch's [`WriteOutcome`] (or one error when nothing got through).
+//! Sending the `http` sink's requests and judging the answers: the requests of every batch in
+//! flight go out `concurrency` at a time (sink-wide permits, taken in the order the batches
+//! began) on the sink's runtime; each response is classified as written, retriable (with
+//! `Retry-After`, 413 chunk halving) or rejected/config, and the per-request results become the
+//! batch's [`WriteOutcome`] (or one error when nothing got through).
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures_util::stream::{self, StreamExt as _};
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use orbit_plugin_api::{PluginError, WriteOutcome};
 
 use super::request::{redact, redact_url, Request};
-use super::HttpSink;
+use super::Inner;
 
 /// The largest part of a response body quoted in an error message.
 const BODY_IN_ERRORS: usize = 512;
 
-impl HttpSink {
-    /// Sends `requests`, at most `concurrency` at once, on the sink's runtime. The records of
-    /// the requests that failed go to `failed`; true if any request succeeded.
-    pub(super) fn send_all(
-        &mut self,
-        requests: Vec<Request>,
-        failed: &mut Vec<(usize, PluginError)>,
-    ) -> bool {
+/// What the requests of one batch came to, for [`outcome`].
+#[derive(Default)]
+pub(super) struct Sent {
+    /// The records of the requests that failed, with their request's error.
+    pub(super) failed: Vec<(usize, PluginError)>,
+    /// Some request succeeded.
+    pub(super) any_ok: bool,
+    pub(super) failed_requests: u64,
+}
+
+impl Sent {
+    fn add(&mut self, (indices, result): (Vec<usize>, Result<(), PluginError>)) {
+        match result {
+            Ok(()) => self.any_ok = true,
+            Err(e) => {
+                self.failed_requests += 1;
+                self.failed
+                    .extend(indices.into_iter().map(|i| (i, e.clone())));
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Sends one batch's `requests`, each holding one of the sink's `concurrency` permits
+    /// while it is sent. Permits are taken in order, behind the requests of batches begun
+    /// earlier: with `concurrency: 1` requests go out one at a time in begin order.
+    pub(super) async fn send_all(self: Arc<Self>, requests: Vec<Request>) -> Sent {
+        let mut sent = Sent::default();
         let this = &*self;
-        let results: Vec<(Vec<usize>, Result<(), PluginError>)> = this.rt.block_on(
-            stream::iter(requests.into_iter().map(|r| async move {
+        let mut in_flight = FuturesUnordered::new();
+        let line = this.line.lock().await;
+        for r in requests {
+            // The same `acquire` is polled until it yields its permit (dropping it would lose
+            // its place in the queue); meanwhile this batch's requests in flight go on.
+            let acquire = this.permits.acquire();
+            tokio::pin!(acquire);
+            let permit = loop {
+                tokio::select! {
+                    biased;
+                    permit = &mut acquire => break permit,
+                    Some(done) = in_flight.next() => sent.add(done),
+                }
+            };
+            in_flight.push(async move {
+                // Never closed: always a permit, held until the answer is read.
+                let _permit = permit;
                 let result = this
                     .send(&r.url, r.body, r.indices.len(), r.record_id.as_deref())
                     .await;
                 (r.indices, result)
-            }))
-            .buffer_unordered(self.settings.concurrency)
-            .collect(),
-        );
-        let mut any_ok = false;
-        for (indices, result) in results {
-            match result {
-                Ok(()) => any_ok = true,
-                Err(e) => {
-                    self.stats.failed_requests += 1;
-                    failed.extend(indices.into_iter().map(|i| (i, e.clone())))
-                }
-            }
+            });
         }
-        any_ok
+        drop(line);
+        while let Some(done) = in_flight.next().await {
+            sent.add(done);
+        }
+        sent
     }
 
     async fn send(
