@@ -9,6 +9,7 @@
 # for 1 KB and 12-byte messages. Prints messages/s and the ratio (median of RUNS runs).
 #
 #   bench/rabbitmq.sh              # COUNT=100000 RUNS=3
+#   IN_FLIGHT=1 bench/rabbitmq.sh  # the sink's window (sink.max_in_flight); default: the host's
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COUNT=${COUNT:-100000}
@@ -54,7 +55,7 @@ for size in 1024 12; do
     cat > "$work/sink.yaml" <<YAML
 name: bench-rabbit-sink
 source: { plugin: generate, config: { count: $COUNT, template: '$payload' } }
-sink: { plugin: rabbitmq, config: { url: "amqp://guest:guest@127.0.0.1:5672/%2f", routing_key: $Q, confirm_window: 1024 } }
+sink: { plugin: rabbitmq, ${IN_FLIGHT:+max_in_flight: $IN_FLIGHT, }config: { url: "amqp://guest:guest@127.0.0.1:5672/%2f", routing_key: $Q, confirm_window: 1024 } }
 batch: { max_records: ${BATCH:-1000} }
 YAML
     rm -rf "$work/state"
