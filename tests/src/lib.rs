@@ -454,6 +454,29 @@ pub fn sink_in_flight_max(stderr: &str) -> u64 {
         .unwrap_or(1)
 }
 
+/// The `seq` field of each JSON line (the chaos source's records).
+pub fn seqs(lines: &[String]) -> Vec<u64> {
+    lines
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Runs `yaml` (as `p.yaml` in `s`) to success; returns the log and the pipeline's own summary
+/// (its clock starts with the pipeline, not with the process).
+pub fn run_ok(s: &Scratch, yaml: &str) -> (String, Finished) {
+    s.write("p.yaml", yaml);
+    let out = s.run(&["p.yaml", "--progress", "0s"]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let summary = finished_once(&err);
+    (err, summary)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,17 +13,6 @@ fn events(stderr: &str, stage: &str) -> HashMap<String, u64> {
     policy_events(stderr, stage).unwrap_or_default()
 }
 
-fn seqs(lines: &[String]) -> Vec<u64> {
-    lines
-        .iter()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect()
-}
-
 /// The seqs in the order of their last occurrence.
 fn last_copies(seqs: &[u64]) -> Vec<u64> {
     let mut last = HashMap::new();
@@ -33,15 +22,6 @@ fn last_copies(seqs: &[u64]) -> Vec<u64> {
     let mut by_position: Vec<(usize, u64)> = last.into_iter().map(|(s, i)| (i, s)).collect();
     by_position.sort_unstable();
     by_position.into_iter().map(|(_, s)| s).collect()
-}
-
-fn run_ok(s: &Scratch, yaml: &str) -> (String, Finished) {
-    s.write("p.yaml", yaml);
-    let out = s.run(&["p.yaml", "--progress", "0s"]);
-    let err = text(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    let summary = finished_once(&err);
-    (err, summary)
 }
 
 #[test]

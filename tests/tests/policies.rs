@@ -10,28 +10,6 @@ fn events(stderr: &str, stage: &str) -> HashMap<String, u64> {
     policy_events(stderr, stage).unwrap_or_else(|| panic!("no policy events for {stage}: {stderr}"))
 }
 
-fn seqs(lines: &[String]) -> Vec<u64> {
-    lines
-        .iter()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect()
-}
-
-/// Runs `yaml` to success; returns the log and the pipeline's own summary (its clock starts
-/// with the pipeline, not with the process).
-fn run_ok(s: &Scratch, yaml: &str) -> (String, Finished) {
-    s.write("p.yaml", yaml);
-    let out = s.run(&["p.yaml", "--progress", "0s"]);
-    let err = text(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    let summary = finished_once(&err);
-    (err, summary)
-}
-
 #[test]
 fn transient_failures_are_retried_to_success_honouring_retry_after() {
     let s = Scratch::new();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use abi_stable::std_types::RVec;
 use orbit_plugin_api::ffi::WriteOutcomeFfi;
-use orbit_plugin_api::{ErrorKind, PluginError, Record};
+use orbit_plugin_api::{PluginError, Record};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -15,7 +15,7 @@ use super::dead_letter::{self, Failure};
 use super::{Batch, PipelineError, ResolvedStage, Shared};
 use crate::plugin::HostSink;
 use crate::plugin::{Factory, StageConfig, StageId, StageInstance};
-use crate::policy::{CallError, Once, PolicyMetrics, PolicyStack};
+use crate::policy::{written_healthy, CallError, Once, PolicyMetrics, PolicyStack};
 
 pub(super) fn stage_config(pipeline: &str, s: &ResolvedStage) -> StageConfig {
     StageConfig {
@@ -85,11 +85,7 @@ impl Stage<HostSink> {
                 records.len(),
                 stop,
                 move |s| s.write(input.as_rslice()).into_result(),
-                |out| {
-                    !out.failures
-                        .iter()
-                        .any(|f| f.error.kind() == ErrorKind::Retriable)
-                },
+                written_healthy,
             )
             .await
     }

@@ -19,7 +19,7 @@ pub mod restart;
 pub mod retry;
 pub mod timeout;
 
-pub use per_record::{Resend, Settled, Verdict};
+pub use per_record::{written_healthy, Resend, Settled, Verdict};
 pub use resolve::{merge, validate, PolicyError, ResolvedPolicy, DEFAULT_TIMEOUT};
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};

@@ -41,6 +41,14 @@ pub struct Settled {
     pub failed: Vec<Verdict>,
 }
 
+/// Whether a write's outcome counts as a success for the circuit breaker: no record failed
+/// retriably (a batch whose records all timed out must not close it).
+pub fn written_healthy(out: &WriteOutcomeFfi) -> bool {
+    !out.failures
+        .iter()
+        .any(|f| f.error.kind() == ErrorKind::Retriable)
+}
+
 impl PolicyStack {
     /// Writes `records` through the whole stack with per-record retries. `op(subset)` makes the
     /// call for a subset of the batch. `Err`: stopping, or a configuration or fatal error
@@ -93,13 +101,8 @@ impl PolicyStack {
                 }
             }
             let n = current.len();
-            let healthy = |out: &WriteOutcomeFfi| {
-                !out.failures
-                    .iter()
-                    .any(|f| f.error.kind() == ErrorKind::Retriable)
-            };
             let (out, attempts) = match self
-                .call_judged(stage, n, stop, op(current.clone()), healthy)
+                .call_judged(stage, n, stop, op(current.clone()), written_healthy)
                 .await
             {
                 Ok(v) => v,

@@ -22,14 +22,16 @@ use crate::ffi::{
 
 type ValidateFn = fn(&str) -> Result<(), ConfigError>;
 
+/// The sink as [`PluginModule::create_sink`] and as [`PluginExt::create_sink`] make it.
+type SinkMakers = (
+    fn(StageContextFfi) -> Result<SinkBox, PluginError>,
+    fn(StageContextFfi) -> Result<PipelinedSinkBox, PluginError>,
+);
+
 enum Factory {
     Source(fn(SourceContextFfi) -> Result<SourceBox, PluginError>),
     Transform(fn(StageContextFfi) -> Result<TransformBox, PluginError>),
-    /// The sink as [`PluginModule::create_sink`] and as [`PluginExt::create_sink`] make it.
-    Sink(
-        fn(StageContextFfi) -> Result<SinkBox, PluginError>,
-        fn(StageContextFfi) -> Result<PipelinedSinkBox, PluginError>,
-    ),
+    Sink(SinkMakers),
 }
 
 impl Factory {
@@ -104,7 +106,7 @@ impl PluginBuilder {
             name,
             description,
             validate: |json| validate_with::<S::Config>(json, S::validate),
-            factory: Factory::Sink(open_sink::<S>, open_sink_ext::<S>),
+            factory: Factory::Sink((open_sink::<S>, open_sink_ext::<S>)),
         });
         self
     }
@@ -119,7 +121,7 @@ impl PluginBuilder {
             name,
             description,
             validate: |json| validate_with::<S::Config>(json, S::validate),
-            factory: Factory::Sink(open_pipelined_sink::<S>, open_pipelined_sink_ext::<S>),
+            factory: Factory::Sink((open_pipelined_sink::<S>, open_pipelined_sink_ext::<S>)),
         });
         self
     }
@@ -214,28 +216,27 @@ extern "C" fn ffi_create_transform(
     })
 }
 
+/// Both makers of the sink component `name`, for [`PluginModule::create_sink`] and
+/// [`PluginExt::create_sink`].
+fn sink_makers(name: RStr<'_>) -> Result<&'static SinkMakers, PluginError> {
+    match &plugin().find(ComponentKind::Sink, name.as_str())?.factory {
+        Factory::Sink(makers) => Ok(makers),
+        _ => unreachable!("find checks the kind"),
+    }
+}
+
 extern "C" fn ffi_create_sink(
     name: RStr<'_>,
     ctx: StageContextFfi,
 ) -> RResult<SinkBox, PluginError> {
-    guard(
-        || match &plugin().find(ComponentKind::Sink, name.as_str())?.factory {
-            Factory::Sink(f, _) => f(ctx),
-            _ => unreachable!("find checks the kind"),
-        },
-    )
+    guard(|| (sink_makers(name)?.0)(ctx))
 }
 
 extern "C" fn ffi_ext_create_sink(
     name: RStr<'_>,
     ctx: StageContextFfi,
 ) -> RResult<PipelinedSinkBox, PluginError> {
-    guard(
-        || match &plugin().find(ComponentKind::Sink, name.as_str())?.factory {
-            Factory::Sink(_, f) => f(ctx),
-            _ => unreachable!("find checks the kind"),
-        },
-    )
+    guard(|| (sink_makers(name)?.1)(ctx))
 }
 
 /// Used by [`crate::export_plugin!`]; not part of the public API.
