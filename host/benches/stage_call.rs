@@ -117,7 +117,7 @@ fn bench(c: &mut Criterion) {
             timeout: Some(Duration::from_secs(60)),
             ..PolicySpec::default()
         });
-        let mut stack = PolicyStack::new(&policy);
+        let mut stack = PolicyStack::new(&policy, Default::default());
         let stop = CancellationToken::new();
         group.bench_with_input(
             BenchmarkId::new("host_policy_stack_call", n),

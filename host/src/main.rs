@@ -4,15 +4,18 @@
 #![allow(clippy::result_large_err)]
 
 use std::io::IsTerminal as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use orbit_host::admin::{AdminConfig, AdminServer};
 use orbit_host::config::{Diagnostic, PipelineFile};
-use orbit_host::offsets::FileOffsetStore;
-use orbit_host::pipeline::{resolve, Pipeline};
+use orbit_host::pipeline::{resolve, ResolvedStage};
 use orbit_host::plugin::{Registry, SearchPath};
+use orbit_host::supervisor::{HostSettings, Supervisor};
+use orbit_host::telemetry::Telemetry;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -47,6 +50,31 @@ struct Cli {
     /// How often a progress line is logged (0s for never).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     progress: Duration,
+
+    /// The admin server's address (health, metrics, REST API): HOST:PORT, port 0 for any free
+    /// port, or `none` to run without it.
+    #[arg(long, env = "ORBIT_ADMIN_ADDR", default_value = "127.0.0.1:9100", value_parser = parse_admin)]
+    admin: AdminAddr,
+
+    /// Token required (`Authorization: Bearer TOKEN`) by every request that changes something;
+    /// required when the admin address is not loopback.
+    #[arg(long, env = "ORBIT_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum AdminAddr {
+    None,
+    At(SocketAddr),
+}
+
+fn parse_admin(s: &str) -> Result<AdminAddr, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(AdminAddr::None);
+    }
+    s.parse()
+        .map(AdminAddr::At)
+        .map_err(|_| format!("`{s}` is not HOST:PORT (like 127.0.0.1:9100, 0.0.0.0:0) or `none`"))
 }
 
 #[derive(clap::Args)]
@@ -110,17 +138,19 @@ fn main() -> ExitCode {
             let Ok(loaded) = load_pipelines(&cli.paths, &registry) else {
                 return ExitCode::FAILURE;
             };
-            let pipelines = loaded
-                .into_iter()
-                .map(|(file, stages)| Pipeline {
-                    store: FileOffsetStore::new(&cli.state_dir, &file.spec.name),
-                    spec: file.spec,
-                    stages,
-                    grace: cli.grace_period,
-                    progress_every: cli.progress,
-                })
-                .collect();
-            run(pipelines)
+            let settings = HostSettings {
+                state_dir: cli.state_dir.clone(),
+                grace: cli.grace_period,
+                progress_every: cli.progress,
+            };
+            let admin = match cli.admin {
+                AdminAddr::None => None,
+                AdminAddr::At(addr) => Some(AdminConfig {
+                    addr,
+                    token: cli.admin_token.clone().filter(|t| !t.is_empty()),
+                }),
+            };
+            run(loaded, settings, admin)
         }
     }
 }
@@ -170,10 +200,9 @@ fn list_plugins(registry: &Registry) -> ExitCode {
 }
 
 /// Expands directories, loads and resolves every pipeline, printing every error found.
-fn load_pipelines(
-    paths: &[PathBuf],
-    registry: &Registry,
-) -> Result<Vec<(PipelineFile, Vec<orbit_host::pipeline::ResolvedStage>)>, ()> {
+type Loaded = Vec<(PipelineFile, Vec<ResolvedStage>)>;
+
+fn load_pipelines(paths: &[PathBuf], registry: &Registry) -> Result<Loaded, ()> {
     let mut ok = report_refused(registry);
     let mut files = Vec::new();
     for p in paths {
@@ -240,7 +269,7 @@ fn expand(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
     }
 }
 
-fn run(pipelines: Vec<Pipeline>) -> ExitCode {
+fn run(loaded: Loaded, settings: HostSettings, admin: Option<AdminConfig>) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("orbit-host")
@@ -248,33 +277,35 @@ fn run(pipelines: Vec<Pipeline>) -> ExitCode {
         .expect("tokio runtime");
     let code = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
-        tokio::spawn(watch_signals(shutdown.clone()));
-        let mut set = tokio::task::JoinSet::new();
-        for p in pipelines {
-            let name = p.spec.name.clone();
-            let token = shutdown.clone();
-            set.spawn(async move { (name, p.run(token).await) });
-        }
-        let mut failed = false;
-        while let Some(joined) = set.join_next().await {
-            match joined {
-                Ok((name, Ok(summary))) => {
-                    tracing::info!(pipeline = %name, "finished: {summary}");
-                }
-                Ok((_, Err(e))) => {
-                    eprintln!("error: {e}");
-                    failed = true;
-                }
+        let supervisor = Supervisor::new(settings, Telemetry::new(), shutdown.clone());
+        let admin_stop = CancellationToken::new();
+        let mut admin_task = None;
+        if let Some(config) = admin {
+            let server = match AdminServer::bind(config).await {
+                Ok(s) => s,
                 Err(e) => {
-                    eprintln!("error: a pipeline task ended abnormally: {e}");
-                    failed = true;
+                    eprintln!("error: {e}\n  hint: {}", e.hint());
+                    return ExitCode::from(2);
                 }
-            }
+            };
+            tracing::info!("admin listening on {}", server.local_addr());
+            admin_task = Some(tokio::spawn(
+                server.serve(supervisor.clone(), admin_stop.clone()),
+            ));
         }
-        if failed {
-            ExitCode::FAILURE
-        } else {
+        tokio::spawn(watch_signals(shutdown.clone()));
+        for (file, stages) in loaded {
+            supervisor.start(file, stages);
+        }
+        let ok = supervisor.wait().await;
+        admin_stop.cancel();
+        if let Some(t) = admin_task {
+            let _ = t.await;
+        }
+        if ok {
             ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
         }
     });
     // A call abandoned after a timeout may still be running on a blocking thread; it holds

@@ -1,6 +1,7 @@
 //! Helpers for end-to-end tests: build the workspace once, run `orbit-host` in a scratch
 //! directory, wait for conditions with a deadline (never a bare sleep), read outputs.
 
+pub mod admin;
 pub mod raw_http;
 
 use std::path::{Path, PathBuf};
@@ -94,7 +95,9 @@ impl Scratch {
             .env("ORBIT_STATE_DIR", self.path(state))
             .env_remove("ORBIT_PLUGIN_PATH")
             .env("NO_COLOR", "1")
-            .env("ORBIT_LOG", "info");
+            .env("ORBIT_LOG", "info")
+            // Hosts run side by side in tests: each admin server takes a free port.
+            .env("ORBIT_ADMIN_ADDR", "127.0.0.1:0");
         c
     }
 

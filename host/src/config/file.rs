@@ -217,6 +217,18 @@ impl PipelineFile {
                 ));
             }
         }
+        let r = &s.restart;
+        if r.backoff.is_zero() || r.max_backoff < r.backoff {
+            return Err(self.error_at(
+                "restart",
+                format!(
+                    "`restart` has backoff {} and max_backoff {}",
+                    humantime::format_duration(r.backoff),
+                    humantime::format_duration(r.max_backoff)
+                ),
+                "backoff must be above zero and max_backoff at least backoff (1s and 1m by default)",
+            ));
+        }
         if s.errors.tolerance == Tolerance::All && s.errors.dead_letter.is_none() {
             return Err(self.error_at(
                 "errors.tolerance",

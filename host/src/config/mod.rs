@@ -47,6 +47,47 @@ pub struct PipelineSpec {
     /// Pipeline-wide defaults merged under each stage's own `policy:`.
     #[serde(default)]
     pub defaults: DefaultsSpec,
+    /// What the host does when the whole pipeline fails.
+    #[serde(default)]
+    pub restart: PipelineRestartSpec,
+}
+
+/// Restarting a pipeline that failed, from its stored offsets, after a back-off that doubles
+/// up to `max_backoff` (and starts over once it has run for `max_backoff`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineRestartSpec {
+    #[serde(default)]
+    pub on_failure: bool,
+    #[serde(
+        default = "PipelineRestartSpec::default_backoff",
+        with = "humantime_serde"
+    )]
+    pub backoff: Duration,
+    #[serde(
+        default = "PipelineRestartSpec::default_max_backoff",
+        with = "humantime_serde"
+    )]
+    pub max_backoff: Duration,
+}
+
+impl PipelineRestartSpec {
+    fn default_backoff() -> Duration {
+        Duration::from_secs(1)
+    }
+    fn default_max_backoff() -> Duration {
+        Duration::from_secs(60)
+    }
+}
+
+impl Default for PipelineRestartSpec {
+    fn default() -> Self {
+        PipelineRestartSpec {
+            on_failure: false,
+            backoff: Self::default_backoff(),
+            max_backoff: Self::default_max_backoff(),
+        }
+    }
 }
 
 /// A source, transform or sink: which plugin component, its config, its policy.

@@ -82,6 +82,12 @@ pub(super) async fn handle(
             )),
         ));
     }
+    if let Some(m) = shared.stage_metrics(&stage.stage) {
+        for f in &failures {
+            m.error(f.error.kind(), false);
+        }
+        m.set_last_error(&failures[0].error);
+    }
     let (Tolerance::All, Some(dead_letters)) = (shared.tolerance, &shared.dead_letters) else {
         let first = &failures[0];
         return Err(PipelineError::Record {
@@ -120,6 +126,9 @@ pub(super) async fn handle(
     match result {
         Some(Ok(())) => {
             shared.stats.record_dead_lettered(count);
+            if let Some(m) = shared.stage_metrics(&stage.stage) {
+                m.dead_lettered.inc_by(count as u64);
+            }
             tracing::debug!(count, "records dead-lettered");
             Ok(())
         }
@@ -155,8 +164,13 @@ pub(super) async fn run(
                 _ = done.cancelled() => None,
             };
             let Some(req) = req else { break };
-            let result = match stage.write(&Arc::new(req.records), &shared.stop).await {
-                Ok((out, _)) if out.failures.is_empty() => Ok(()),
+            let records = Arc::new(req.records);
+            stage.policy.metrics.received(records.len());
+            let result = match stage.write(&records, &shared.stop).await {
+                Ok((out, _)) if out.failures.is_empty() => {
+                    stage.policy.metrics.sent(records.iter());
+                    Ok(())
+                }
                 Ok((out, _)) => Err(out.failures[0].error.clone()),
                 Err(CallError::Stopped) => Err(PluginError::fatal("the pipeline is stopping")),
                 Err(

@@ -42,10 +42,12 @@ use crate::config::{PipelineSpec, StageRole, Tolerance};
 use crate::offsets::{FileOffsetStore, Ledger, OffsetStoreError};
 use crate::plugin::{sink_factory, source_factory, transform_factory, StageId};
 use crate::policy::CallError;
+use crate::telemetry::{StageMetrics, Telemetry};
 use dead_letter::DeadLetterRequest;
 use persist::persist_offsets;
 use sink::run_sink;
 use source::{run_source, SourceTask};
+pub(crate) use stage::stage_metrics;
 use stage::{stage_config, Stage};
 use transform::run_transform;
 
@@ -114,6 +116,8 @@ struct Shared {
     dead_letters: Option<mpsc::Sender<DeadLetterRequest>>,
     /// The dead-letter sink's component name, for errors.
     dead_letter_plugin: String,
+    /// Every stage's metrics, by stage name.
+    stage_metrics: Vec<Arc<StageMetrics>>,
 }
 
 impl Shared {
@@ -146,6 +150,13 @@ impl Shared {
         }
     }
 
+    fn stage_metrics(&self, stage: &str) -> Option<Arc<StageMetrics>> {
+        self.stage_metrics
+            .iter()
+            .find(|m| m.labels.component_id == stage)
+            .cloned()
+    }
+
     fn complete(&self, id: u64) {
         // The source task is gone only when the pipeline is ending; nothing to acknowledge then.
         let _ = self.completions.send(id);
@@ -161,6 +172,10 @@ pub struct Pipeline {
     pub grace: Duration,
     /// How often a progress line is logged; zero for never.
     pub progress_every: Duration,
+    /// Where the stages count (`/metrics`, `/status`).
+    pub telemetry: Telemetry,
+    /// Told once every instance is created and records may move.
+    pub started: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Pipeline {
@@ -175,7 +190,7 @@ impl Pipeline {
         self.run_in_span(shutdown).instrument(span).await
     }
 
-    async fn run_in_span(self, shutdown: CancellationToken) -> Result<Summary, PipelineError> {
+    async fn run_in_span(mut self, shutdown: CancellationToken) -> Result<Summary, PipelineError> {
         let name = self.spec.name.clone();
         let started = Instant::now();
         let stats = Arc::new(Stats::default());
@@ -213,42 +228,79 @@ impl Pipeline {
                 .stage(StageRole::DeadLetter)
                 .map(|s| s.component.name.clone())
                 .unwrap_or_default(),
+            stage_metrics: self
+                .stages
+                .iter()
+                .map(|s| stage_metrics(&self.telemetry, &name, s))
+                .collect(),
         });
-        let fail_early = |e: Option<PipelineError>| {
-            e.unwrap_or_else(|| PipelineError::Stage {
+        // A shutdown while instances are made interrupts their creation and back-offs: nothing
+        // was read, so the pipeline simply stops.
+        let interrupt = {
+            let (stop, shutdown) = (shared.stop.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                stop.cancel();
+            })
+        };
+        let stopped_early = shutdown.clone();
+        let fail_early = |e: Option<PipelineError>| match e {
+            None if stopped_early.is_cancelled() => None,
+            e => Some(e.unwrap_or_else(|| PipelineError::Stage {
                 pipeline: name.clone(),
                 stage: "source".into(),
                 plugin: String::new(),
                 error: PluginError::fatal("stopped before it started"),
-            })
+            })),
         };
 
         // Create every instance before any record moves, so a bad config or an unreachable
         // server fails the pipeline with nothing read.
-        let source_spec = self.stage(StageRole::Source).expect("a source").clone();
-        let mut source = Stage::new(
-            &source_spec,
-            source_factory(&stage_config(&name, &source_spec), ledger.reader()),
-        );
-        source.start(&shared).await.map_err(fail_early)?;
-        let mut transforms = Vec::new();
-        for i in 0..self.spec.transforms.len() {
-            let s = self.stage(StageRole::Transform(i)).expect("resolved");
-            let mut t = Stage::new(s, transform_factory(&stage_config(&name, s)));
-            t.start(&shared).await.map_err(fail_early)?;
-            transforms.push(t);
+        let started_stages = async {
+            let source_spec = self.stage(StageRole::Source).expect("a source").clone();
+            let mut source = Stage::new(
+                &source_spec,
+                source_factory(&stage_config(&name, &source_spec), ledger.reader()),
+                &shared,
+            );
+            source.start(&shared).await.map_err(fail_early)?;
+            let mut transforms = Vec::new();
+            for i in 0..self.spec.transforms.len() {
+                let s = self.stage(StageRole::Transform(i)).expect("resolved");
+                let mut t = Stage::new(s, transform_factory(&stage_config(&name, s)), &shared);
+                t.start(&shared).await.map_err(fail_early)?;
+                transforms.push(t);
+            }
+            let sink_spec = self.stage(StageRole::Sink).expect("a sink").clone();
+            let mut sink = Stage::new(
+                &sink_spec,
+                sink_factory(&stage_config(&name, &sink_spec)),
+                &shared,
+            );
+            sink.start(&shared).await.map_err(fail_early)?;
+            let mut dead_letter_sink = None;
+            if has_dead_letters {
+                let s = self.stage(StageRole::DeadLetter).expect("checked");
+                let mut d = Stage::new(s, sink_factory(&stage_config(&name, s)), &shared);
+                d.start(&shared).await.map_err(fail_early)?;
+                dead_letter_sink = Some(d);
+            }
+            Ok((source, transforms, sink, dead_letter_sink))
         }
-        let sink_spec = self.stage(StageRole::Sink).expect("a sink");
-        let mut sink = Stage::new(sink_spec, sink_factory(&stage_config(&name, sink_spec)));
-        sink.start(&shared).await.map_err(fail_early)?;
-        let mut dead_letter_sink = None;
-        if has_dead_letters {
-            let s = self.stage(StageRole::DeadLetter).expect("checked");
-            let mut d = Stage::new(s, sink_factory(&stage_config(&name, s)));
-            d.start(&shared).await.map_err(fail_early)?;
-            dead_letter_sink = Some(d);
-        }
+        .await;
+        interrupt.abort();
+        let (source, transforms, sink, dead_letter_sink) = match started_stages {
+            Ok(stages) => stages,
+            Err(Some(e)) => return Err(e),
+            Err(None) => {
+                tracing::info!("stopped while starting: nothing was read");
+                return Ok(stats.summary(started.elapsed()));
+            }
+        };
 
+        if let Some(started) = self.started.take() {
+            let _ = started.send(());
+        }
         let mut metrics = vec![source.metrics()];
         metrics.extend(transforms.iter().map(Stage::metrics));
         metrics.push(sink.metrics());
@@ -278,7 +330,11 @@ impl Pipeline {
             );
             rx = next_rx;
         }
-        let max_in_flight = sink_spec.spec.max_in_flight;
+        let max_in_flight = self
+            .stage(StageRole::Sink)
+            .expect("a sink")
+            .spec
+            .max_in_flight;
         spawn_stage(
             &mut tasks,
             &shared,

@@ -87,7 +87,13 @@ pub(super) async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
     };
 
     let ended = loop {
-        if tx.is_none() && acks.tracker.in_flight() == 0 {
+        let in_flight = acks.tracker.in_flight();
+        source
+            .policy
+            .metrics
+            .in_flight_batches
+            .set(in_flight as i64);
+        if tx.is_none() && in_flight == 0 {
             break Ended::Done;
         }
         // The event borrows `tx` (a send permit); the block ends the borrow before `tx` changes.
@@ -97,7 +103,7 @@ pub(super) async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
                 biased;
                 _ = shared.stop.cancelled() => SourceEvent::Stopped,
                 Some(id) = completions.recv() => SourceEvent::Completed(id),
-                _ = shutdown.cancelled(), if tx.is_some() => SourceEvent::Shutdown,
+                _ = shutdown.cancelled(), if drain_deadline.is_none() => SourceEvent::Shutdown,
                 _ = sleep_until(drain_deadline) => SourceEvent::GraceExpired,
                 _ = sleep_until(idle_until) => SourceEvent::IdleOver,
                 Some(permit) = reserve(&tx), if idle_until.is_none() => SourceEvent::Permit(permit),
@@ -158,6 +164,7 @@ pub(super) async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
                     };
                     let polled_count = out.records.len();
                     shared.stats.record_polled(polled_count);
+                    source.policy.metrics.received(polled_count);
                     match source
                         .policy
                         .admit_polled(&mut out.records, &shared.stop)
@@ -189,6 +196,7 @@ pub(super) async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
                             }
                         }
                     } else {
+                        source.policy.metrics.sent(out.records.iter());
                         permit.send(Batch {
                             id,
                             records: out.records,

@@ -13,9 +13,11 @@ use tracing::Instrument as _;
 
 use super::dead_letter::{self, Failure};
 use super::{Batch, PipelineError, ResolvedStage, Shared};
+use crate::config::StageRole;
 use crate::plugin::HostSink;
 use crate::plugin::{Factory, StageConfig, StageId, StageInstance};
-use crate::policy::{written_healthy, CallError, Once, PolicyMetrics, PolicyStack};
+use crate::policy::{written_healthy, CallError, Once, PolicyStack};
+use crate::telemetry::{StageLabels, StageMetrics, Telemetry};
 
 pub(super) fn stage_config(pipeline: &str, s: &ResolvedStage) -> StageConfig {
     StageConfig {
@@ -24,6 +26,26 @@ pub(super) fn stage_config(pipeline: &str, s: &ResolvedStage) -> StageConfig {
         component: s.component.clone(),
         config_json: s.config_json.clone(),
     }
+}
+
+/// The stage's handles in the host's metrics.
+pub(crate) fn stage_metrics(
+    telemetry: &Telemetry,
+    pipeline: &str,
+    s: &ResolvedStage,
+) -> Arc<StageMetrics> {
+    let kind = match s.role {
+        StageRole::Source => "source",
+        StageRole::Transform(_) => "transform",
+        StageRole::Sink => "sink",
+        StageRole::DeadLetter => "dead_letter",
+    };
+    telemetry.stage(StageLabels {
+        pipeline: pipeline.to_string(),
+        component_id: s.name.clone(),
+        component_kind: kind.to_string(),
+        component_type: s.component.name.clone(),
+    })
 }
 
 fn stage_id(s: &ResolvedStage) -> StageId {
@@ -40,10 +62,13 @@ pub(super) struct Stage<T> {
 }
 
 impl<T: Send + 'static> Stage<T> {
-    pub(super) fn new(s: &ResolvedStage, factory: Factory<T>) -> Self {
+    pub(super) fn new(s: &ResolvedStage, factory: Factory<T>, shared: &Shared) -> Self {
+        let metrics = shared
+            .stage_metrics(&s.name)
+            .unwrap_or_else(|| Arc::new(StageMetrics::default()));
         Stage {
             instance: StageInstance::new(stage_id(s), factory),
-            policy: PolicyStack::new(&s.policy),
+            policy: PolicyStack::new(&s.policy, metrics),
         }
     }
 
@@ -57,7 +82,7 @@ impl<T: Send + 'static> Stage<T> {
             .map_err(|e| shared.source_error(&self.instance.id, e))
     }
 
-    pub(super) fn metrics(&self) -> (StageId, Arc<PolicyMetrics>) {
+    pub(super) fn metrics(&self) -> (StageId, Arc<StageMetrics>) {
         (self.instance.id.clone(), self.policy.metrics.clone())
     }
 }

@@ -94,16 +94,16 @@ pub async fn log_progress(stats: Arc<Stats>, every: Duration) {
 }
 
 /// One line per stage that had policy events, at the end of a run.
-pub fn log_policy_events(id: &super::StageId, m: &crate::policy::PolicyMetrics) {
+pub fn log_policy_events(id: &super::StageId, m: &crate::telemetry::StageMetrics) {
     let get = |a: &AtomicU64| a.load(Relaxed);
     let events = [
-        ("retries", get(&m.retries)),
+        ("retries", m.retries.get()),
         ("breaker_opened", get(&m.breaker_opened)),
         ("rate_limit_waits", get(&m.rate_limit_waits)),
         ("rate_limit_dropped", get(&m.rate_limit_dropped)),
         ("timeouts", get(&m.timeouts)),
         ("panics", get(&m.panics)),
-        ("restarts", get(&m.restarts)),
+        ("restarts", m.restarts.get()),
         ("order_resent", get(&m.order_resent)),
         ("in_flight_max", get(&m.in_flight_max)),
     ];

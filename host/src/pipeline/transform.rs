@@ -19,6 +19,7 @@ pub(super) async fn run_transform(
     let span = stage.instance.span().clone();
     let result = async {
         while let Some(mut batch) = recv(&mut rx, &shared).await {
+            stage.policy.metrics.received(batch.records.len());
             sample(&stage.policy, &mut batch.records, &shared).await;
             let admitted = batch.records.len();
             let records = Arc::new(batch.records);
@@ -45,9 +46,11 @@ pub(super) async fn run_transform(
                 .await
                 .map_err(Some)?;
             let kept = out.records.len();
-            shared
-                .stats
-                .record_dropped(records.len().saturating_sub(kept + failed));
+            let dropped = records.len().saturating_sub(kept + failed);
+            shared.stats.record_dropped(dropped);
+            let m = &stage.policy.metrics;
+            m.discarded_intentional.inc_by(dropped as u64);
+            m.sent(out.records.iter());
             if out.records.is_empty() {
                 shared.complete(batch.id);
             } else if tx

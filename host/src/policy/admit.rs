@@ -45,6 +45,7 @@ impl PolicyStack {
                     self.metrics
                         .rate_limit_dropped
                         .fetch_add(dropped as u64, Relaxed);
+                    self.metrics.discarded_intentional.inc_by(dropped as u64);
                     tracing::debug!(dropped, "rate limit: dropped records over the limit");
                 }
                 admitted
@@ -70,8 +71,8 @@ impl PolicyStack {
         if admission.waited > Duration::from_millis(1) {
             self.metrics.rate_limit_waits.fetch_add(1, Relaxed);
             self.metrics
-                .rate_limit_wait_micros
-                .fetch_add(admission.waited.as_micros() as u64, Relaxed);
+                .rate_limit_wait_seconds
+                .inc_by(admission.waited.as_secs_f64());
             tracing::trace!(waited = ?admission.waited, "rate limit: waited for capacity");
         }
         Ok(())

@@ -1,7 +1,6 @@
 //! Making sure a stage has a live instance: the first at start, a new one after a panic or a
 //! timeout, through the restart budget, the breaker and retries.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use orbit_plugin_api::{ErrorKind, PluginError};
@@ -36,7 +35,7 @@ impl PolicyStack {
                         )),
                     });
                 };
-                self.metrics.restarts.fetch_add(1, Relaxed);
+                self.metrics.restarts.inc();
                 tracing::warn!(
                     restart = self.restarts.used(),
                     max = self.restarts.policy().max_restarts,
@@ -66,6 +65,8 @@ impl PolicyStack {
                     humantime::format_duration(d)
                 )),
             };
+            self.metrics.error(error.kind(), false);
+            self.metrics.set_last_error(&error);
             match error.kind() {
                 ErrorKind::Retriable | ErrorKind::Panicked => {
                     self.record_failure(error, attempts, started, stop).await?

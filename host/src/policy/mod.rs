@@ -7,7 +7,7 @@
 //! Each policy is its own module and knows nothing of the others; [`PolicyStack::call`] is the
 //! one place they are composed. The same stack wraps the source, every transform, the sink and
 //! the dead-letter sink. Every event (retry, breaker transition, rate-limit wait or drop,
-//! timeout, restart) is a log line and a counter in [`PolicyMetrics`].
+//! timeout, restart) is a log line and a counter in the stage's [`StageMetrics`].
 
 mod admit;
 pub mod breaker;
@@ -22,7 +22,7 @@ pub mod timeout;
 pub use per_record::{written_healthy, Resend, Settled, Verdict};
 pub use resolve::{merge, validate, PolicyError, ResolvedPolicy, DEFAULT_TIMEOUT};
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,30 +30,11 @@ use orbit_plugin_api::{ErrorKind, PluginError};
 use tokio_util::sync::CancellationToken;
 
 use crate::plugin::StageInstance;
+use crate::telemetry::{BreakerGauge, StageMetrics};
 use breaker::{BreakerState, CircuitBreaker, Transition};
 use rate_limit::{OnLimit, RateLimiter};
 use restart::RestartBudget;
 use retry::RetryPolicy;
-
-/// Counters of one stage's policy events, for logs now and the metrics endpoint later.
-#[derive(Debug, Default)]
-pub struct PolicyMetrics {
-    pub calls: AtomicU64,
-    pub retries: AtomicU64,
-    pub breaker_opened: AtomicU64,
-    /// 0 closed, 1 open, 2 half-open.
-    pub breaker_state: AtomicU8,
-    pub rate_limit_waits: AtomicU64,
-    pub rate_limit_wait_micros: AtomicU64,
-    pub rate_limit_dropped: AtomicU64,
-    pub timeouts: AtomicU64,
-    pub panics: AtomicU64,
-    pub restarts: AtomicU64,
-    /// A sink's most batches in flight at once.
-    pub in_flight_max: AtomicU64,
-    /// Records a sink wrote again only to keep their partition's order after a failure.
-    pub order_resent: AtomicU64,
-}
 
 /// Why a call through the stack did not succeed.
 #[derive(Debug, Clone)]
@@ -80,7 +61,7 @@ pub struct PolicyStack {
     restarts: RestartBudget,
     /// The last failure, named when the restart budget runs out.
     last_error: Option<PluginError>,
-    pub metrics: Arc<PolicyMetrics>,
+    pub metrics: Arc<StageMetrics>,
 }
 
 async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> Result<(), CallError> {
@@ -92,7 +73,7 @@ async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> Result<(), Call
 }
 
 impl PolicyStack {
-    pub fn new(policy: &ResolvedPolicy) -> Self {
+    pub fn new(policy: &ResolvedPolicy, metrics: Arc<StageMetrics>) -> Self {
         PolicyStack {
             retry: policy.retry.clone(),
             breaker: CircuitBreaker::new(policy.breaker.clone()),
@@ -105,7 +86,7 @@ impl PolicyStack {
             open_for: policy.breaker.open_for,
             restarts: RestartBudget::new(policy.restart.clone()),
             last_error: None,
-            metrics: Arc::new(PolicyMetrics::default()),
+            metrics,
         }
     }
 
@@ -115,12 +96,12 @@ impl PolicyStack {
 
     fn log_transition(&self, t: Option<Transition>) {
         let Some(t) = t else { return };
-        let code = match t.to {
-            BreakerState::Closed => 0,
-            BreakerState::Open => 1,
-            BreakerState::HalfOpen => 2,
+        let gauge = match t.to {
+            BreakerState::Closed => BreakerGauge::Closed,
+            BreakerState::Open => BreakerGauge::Open,
+            BreakerState::HalfOpen => BreakerGauge::HalfOpen,
         };
-        self.metrics.breaker_state.store(code, Relaxed);
+        self.metrics.breaker.set(gauge as i64);
         match t.to {
             BreakerState::Open => {
                 self.metrics.breaker_opened.fetch_add(1, Relaxed);
@@ -172,7 +153,7 @@ impl PolicyStack {
             return Err(CallError::Exhausted { error, attempts });
         }
         let delay = self.retry.delay(attempts, error.retry_after());
-        self.metrics.retries.fetch_add(1, Relaxed);
+        self.metrics.retries.inc();
         tracing::warn!(
             attempt = attempts,
             "{error}; retrying in {}",
@@ -322,21 +303,33 @@ impl PolicyStack {
             Some(g) if stage.is_lost() || stage.generation() != g => return Ok(None),
             Some(_) => {}
         }
+        let started = Instant::now();
+        let result = timeout::within(self.timeout, stage.call(op)).await;
         if once.gate {
             // Calls that carry a batch (or an ack); waiting for a begun batch is not counted.
-            self.metrics.calls.fetch_add(1, Relaxed);
+            self.metrics.call(started.elapsed());
         }
-        let error = match timeout::within(self.timeout, stage.call(op)).await {
+        let error = match result {
             Ok(Ok(value)) => return Ok(Some(Ok(value))),
-            Ok(Err(e)) => e,
+            Ok(Err(e)) => {
+                self.metrics.error(e.kind(), false);
+                self.metrics.set_last_error(&e);
+                e
+            }
             Err(timeout::TimedOut(d)) => {
                 self.metrics.timeouts.fetch_add(1, Relaxed);
+                self.metrics.error(ErrorKind::Retriable, true);
                 stage.abandon();
                 tracing::warn!(
                     "the call did not return within {}; abandoning the instance",
                     humantime::format_duration(d)
                 );
-                PluginError::retriable(format!("timed out after {}", humantime::format_duration(d)))
+                let e = PluginError::retriable(format!(
+                    "timed out after {}",
+                    humantime::format_duration(d)
+                ));
+                self.metrics.set_last_error(&e);
+                e
             }
         };
         if error.kind() == ErrorKind::Panicked {

@@ -33,11 +33,13 @@ pub(super) async fn run_sink(
             return window::run(&mut stage, &mut rx, &shared, window).await;
         }
         while let Some(mut batch) = recv(&mut rx, &shared).await {
+            stage.policy.metrics.received(batch.records.len());
             sample(&stage.policy, &mut batch.records, &shared).await;
             let records = Arc::new(batch.records);
-            let written =
-                write_through_policy(&mut stage, &shared, records, Resend::default()).await?;
-            shared.stats.record_written(written);
+            let (written, failed) =
+                write_through_policy(&mut stage, &shared, records.clone(), Resend::default())
+                    .await?;
+            count_written(&stage, &shared, &records, written, &failed);
             shared.complete(batch.id);
         }
         Ok::<(), Option<PipelineError>>(())
@@ -48,15 +50,36 @@ pub(super) async fn run_sink(
     result.or_else(|e| e.map_or(Ok(()), Err))
 }
 
+/// Counts what a sink wrote of `records`: `written` of them (order-only resends are not
+/// counted twice), whose bytes are those of the records not `failed`.
+pub(super) fn count_written(
+    stage: &Stage<HostSink>,
+    shared: &Shared,
+    records: &[Record],
+    written: usize,
+    failed: &[bool],
+) {
+    shared.stats.record_written(written);
+    let m = &stage.policy.metrics;
+    m.sent.inc_by(written as u64);
+    let bytes: usize = records
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !failed.get(*i).copied().unwrap_or(false))
+        .map(|(_, r)| r.value().len())
+        .sum();
+    m.sent_bytes.inc_by(bytes as u64);
+}
+
 /// Writes a batch through the policy stack with per-record retries
 /// ([`crate::policy::PolicyStack::call_per_record`]), then dead-letters what failed for good.
-/// Returns how many records were written.
+/// Returns how many records were written and, per record, whether it failed for good.
 pub(super) async fn write_through_policy(
     stage: &mut Stage<HostSink>,
     shared: &Shared,
     records: Arc<RVec<Record>>,
     resend: Resend<'_>,
-) -> Result<usize, Option<PipelineError>> {
+) -> Result<(usize, Vec<bool>), Option<PipelineError>> {
     let settled = stage
         .policy
         .call_per_record(
@@ -68,6 +91,12 @@ pub(super) async fn write_through_policy(
         )
         .await
         .map_err(|e| shared.source_error(&stage.instance.id, e))?;
+    let mut failed = vec![false; records.len()];
+    for v in &settled.failed {
+        if let Some(slot) = failed.get_mut(v.index) {
+            *slot = true;
+        }
+    }
     let failures = settled
         .failed
         .into_iter()
@@ -80,5 +109,5 @@ pub(super) async fn write_through_policy(
     dead_letter::handle(shared, &stage.instance.id, &records, failures)
         .await
         .map_err(Some)?;
-    Ok(settled.written)
+    Ok((settled.written, failed))
 }

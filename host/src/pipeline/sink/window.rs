@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use abi_stable::std_types::RVec;
-use orbit_plugin_api::{PluginError, Record};
+use orbit_plugin_api::{ErrorKind, PluginError, Record};
 use tokio::sync::mpsc::{self, error::TryRecvError};
 
 use super::plan::{plan, Ended};
-use super::write_through_policy;
+use super::{count_written, write_through_policy};
 use crate::config::DEFAULT_SINK_IN_FLIGHT;
 use crate::pipeline::dead_letter::{self, Failure};
 use crate::pipeline::stage::{recv, sample, Stage};
@@ -119,6 +119,7 @@ async fn fill(
             }
             return Ok(());
         };
+        stage.policy.metrics.received(batch.records.len());
         sample(&stage.policy, &mut batch.records, shared).await;
         let records = Arc::new(batch.records);
         let mut entry = Entry {
@@ -210,6 +211,7 @@ fn lose(window: &mut VecDeque<Entry>, generation: u64) {
 fn time_out(stage: &mut Stage<HostSink>, window: &mut VecDeque<Entry>) {
     let timeout = stage.policy.call_timeout();
     stage.policy.metrics.timeouts.fetch_add(1, Relaxed);
+    stage.policy.metrics.error(ErrorKind::Retriable, true);
     tracing::warn!(
         "a batch was not confirmed within {}; abandoning the instance",
         humantime::format_duration(timeout)
@@ -267,9 +269,8 @@ async fn complete(
             .map_err(Some)?;
     }
     stage.policy.record_success();
-    shared
-        .stats
-        .record_written(failed.iter().filter(|f| !**f).count());
+    let written = failed.iter().filter(|f| !**f).count();
+    count_written(stage, shared, &entry.records, written, &failed);
     shared.complete(entry.id);
     Ok(())
 }
@@ -324,6 +325,10 @@ async fn recover(
                 attempts: 1,
             })
             .collect();
+        let mut failed = vec![false; entry.records.len()];
+        for r in &rejects {
+            failed[r.index] = true;
+        }
         dead_letter::handle(shared, &stage.instance.id, &entry.records, rejects)
             .await
             .map_err(Some)?;
@@ -339,9 +344,13 @@ async fn recover(
                 order_only: &piece.order_only,
                 after: after.take(),
             };
-            written += write_through_policy(stage, shared, Arc::new(subset), resend).await?;
+            let (n, lost) = write_through_policy(stage, shared, Arc::new(subset), resend).await?;
+            written += n;
+            for (k, _) in lost.iter().enumerate().filter(|(_, l)| **l) {
+                failed[piece.resend[k]] = true;
+            }
         }
-        shared.stats.record_written(written);
+        count_written(stage, shared, &entry.records, written, &failed);
         shared.complete(entry.id);
     }
     Ok(())

@@ -66,9 +66,15 @@ impl RabbitSink {
                 None => InFlight::Writing(sending),
             };
             writing.push_back((i, state));
-            // `confirm_window` bounds what is unconfirmed across batches: settle the oldest
-            // message, in an earlier batch or in this one.
-            while self.unconfirmed + writing.len() > self.config.confirm_window {
+            // `confirm_window` bounds what is unconfirmed across batches. Once it is full,
+            // settle the oldest messages (in an earlier batch or in this one) down to half of
+            // it, so that publishing resumes in bursts the I/O thread writes together, not in
+            // lockstep with single confirms (one socket write per message).
+            let window = self.config.confirm_window;
+            if self.unconfirmed + writing.len() <= window {
+                continue;
+            }
+            while self.unconfirmed + writing.len() > window - window / 2 {
                 if let Some(b) = self.pending.iter_mut().find(|b| !b.confirms.is_empty()) {
                     let (j, confirm) = b.confirms.pop_front().expect("non-empty");
                     self.unconfirmed -= 1;

@@ -1,0 +1,169 @@
+//! One pipeline's driver: runs it, records how each run ended, restarts it after a failure
+//! when asked to (`restart: { on_failure: true }`), and takes commands between and during runs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Command, Managed, Supervisor};
+use crate::pipeline::Pipeline;
+use crate::telemetry::PipelineState;
+
+/// How one run ended.
+enum Ended {
+    Finished,
+    Stopped,
+    Failed(String),
+}
+
+pub(super) async fn drive(
+    sup: Supervisor,
+    m: Arc<Managed>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let restart = m.spec.restart.clone();
+    let mut backoff = restart.backoff;
+    loop {
+        let started = Instant::now();
+        let (ended, next) = run_once(&sup, &m, &mut commands).await;
+        let shutting_down = sup.inner.shutdown.is_cancelled();
+        if started.elapsed() >= restart.max_backoff {
+            // It ran for a while: the next failure starts the back-off over.
+            backoff = restart.backoff;
+        }
+        let mut next = next;
+        match ended {
+            Ended::Finished => sup.set_state(&m, PipelineState::Finished, None),
+            Ended::Stopped => sup.set_state(&m, PipelineState::Stopped, None),
+            Ended::Failed(error) => {
+                if restart.on_failure && next.is_none() && !shutting_down {
+                    sup.set_state(&m, PipelineState::Restarting, Some(error));
+                    tracing::warn!(
+                        pipeline = %m.name,
+                        "restarting the pipeline from its stored offsets in {}",
+                        humantime::format_duration(backoff)
+                    );
+                    next = wait_or_command(&sup, &mut commands, Some(backoff)).await;
+                    if next.is_none() && !sup.inner.shutdown.is_cancelled() {
+                        next = Some(Command::Restart);
+                    }
+                    backoff = (backoff * 2).min(restart.max_backoff);
+                    if next == Some(Command::Stop) {
+                        sup.set_state(&m, PipelineState::Stopped, None);
+                        next = None;
+                    }
+                } else {
+                    sup.set_state(&m, PipelineState::Failed, Some(error));
+                }
+            }
+        }
+        if next.is_none() && !sup.inner.shutdown.is_cancelled() {
+            next = wait_or_command(&sup, &mut commands, None).await;
+        }
+        match next {
+            Some(Command::Restart | Command::Resume) => {
+                m.status.lock().expect("status").restarts += 1;
+                continue;
+            }
+            Some(Command::Stop) => {
+                sup.set_state(&m, PipelineState::Stopped, None);
+                if wait_for_run(&sup, &mut commands).await {
+                    m.status.lock().expect("status").restarts += 1;
+                    continue;
+                }
+                return;
+            }
+            None => return,
+        }
+    }
+}
+
+/// After a stop: waits for a command that runs the pipeline again (`true`), or the shutdown.
+async fn wait_for_run(sup: &Supervisor, commands: &mut mpsc::UnboundedReceiver<Command>) -> bool {
+    loop {
+        match wait_or_command(sup, commands, None).await {
+            Some(Command::Restart | Command::Resume) => return true,
+            Some(Command::Stop) => {}
+            None => return false,
+        }
+    }
+}
+
+/// Waits for a command, up to `limit`; `None` at the limit or on shutdown.
+async fn wait_or_command(
+    sup: &Supervisor,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    limit: Option<Duration>,
+) -> Option<Command> {
+    let sleep = async {
+        match limit {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = sup.inner.shutdown.cancelled() => None,
+        c = commands.recv() => c,
+        _ = sleep => None,
+    }
+}
+
+/// One run of the pipeline, with the commands that arrive while it runs: `Stop` and `Restart`
+/// drain it (within the grace period) and end the run; the command that ended it is returned.
+async fn run_once(
+    sup: &Supervisor,
+    m: &Arc<Managed>,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+) -> (Ended, Option<Command>) {
+    sup.set_state(m, PipelineState::Starting, None);
+    let settings = &sup.inner.settings;
+    let stop = sup.inner.shutdown.child_token();
+    let (started_tx, started_rx) = oneshot::channel();
+    let pipeline = Pipeline {
+        spec: m.spec.clone(),
+        stages: m.stages.clone(),
+        store: m.store.clone(),
+        grace: settings.grace,
+        progress_every: settings.progress_every,
+        telemetry: sup.inner.telemetry.clone(),
+        started: Some(started_tx),
+    };
+    let run = pipeline.run(stop.clone());
+    tokio::pin!(run);
+    let mut started_rx = Some(started_rx);
+    let mut requested = None;
+    let result = loop {
+        tokio::select! {
+            result = &mut run => break result,
+            Ok(()) = async { started_rx.as_mut().expect("guarded").await }, if started_rx.is_some() => {
+                started_rx = None;
+                if !stop.is_cancelled() {
+                    sup.set_state(m, PipelineState::Running, None);
+                }
+            }
+            Some(c) = commands.recv(), if requested.is_none() => {
+                if matches!(c, Command::Stop | Command::Restart) {
+                    tracing::info!(pipeline = %m.name, "{c:?} requested: draining in-flight batches");
+                    requested = Some(c);
+                    stop.cancel();
+                }
+            }
+        }
+    };
+    let ended = match result {
+        Ok(summary) => {
+            tracing::info!(pipeline = %m.name, "finished: {summary}");
+            if stop.is_cancelled() {
+                Ended::Stopped
+            } else {
+                Ended::Finished
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ended::Failed(e.to_string())
+        }
+    };
+    (ended, requested)
+}
