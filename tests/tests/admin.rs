@@ -182,8 +182,8 @@ batch: { max_records: 100 }
     wait_for("records to be written", LONG, || {
         s.lines("out.txt").len() > 1000
     });
-    assert_eq!(admin.send("PUT", "/pipelines/m/stop", None).status, 202);
-    admin.wait_state("m", "STOPPED", LONG);
+    assert_eq!(admin.send("PUT", "/pipelines/m/pause", None).status, 202);
+    admin.wait_state("m", "PAUSED", LONG);
 
     let m = admin.metrics();
     let sink = sink_labels("m");
@@ -232,6 +232,16 @@ batch: { max_records: 100 }
         batches.iter().any(|(le, n)| *le >= 100.0 && *n > 0.0),
         "{batches:?}"
     );
+    // Paused: nothing more is written; resumed: writing continues.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(s.lines("out.txt").len() as f64, written);
+    assert_eq!(admin.state("m"), "PAUSED");
+    assert_eq!(admin.get("/ready").status, 503);
+    assert_eq!(admin.send("PUT", "/pipelines/m/resume", None).status, 202);
+    admin.wait_state("m", "RUNNING", LONG);
+    wait_for("writing to continue", LONG, || {
+        s.lines("out.txt").len() as f64 > written + 100.0
+    });
     signal(&host, libc::SIGTERM);
     assert!(wait_exit(&mut host, LONG).success());
 }

@@ -903,3 +903,81 @@ fn a_stalled_sink_pauses_the_partitions_and_resuming_loses_nothing() {
         "exactly the input's values"
     );
 }
+
+/// Two pipelines in one host, one whose Kafka brokers are down at start: the host serves,
+/// /ready names the bad one, the healthy one keeps writing, and with `restart: { on_failure:
+/// true }` the bad one recovers once its broker comes up.
+#[test]
+fn a_pipeline_whose_broker_is_down_recovers_when_it_comes_up_while_another_runs() {
+    let _serial = serial();
+    build_workspace();
+    let s = Scratch::new();
+    let port = free_port();
+    s.write(
+        "gen.yaml",
+        "name: gen\nsource: { plugin: generate, config: { rate: 2000 } }\n\
+         sink: { plugin: file, config: { path: gen.jsonl } }\n",
+    );
+    s.write(
+        "bad.yaml",
+        &format!(
+            "name: bad\n\
+             source:\n  plugin: kafka\n  config: {{ brokers: \"127.0.0.1:{port}\", topic: in, group: g, connect_timeout: 1s }}\n  \
+             policy: {{ retry: {{ max_attempts: 2, initial_backoff: 10ms }} }}\n\
+             sink: {{ plugin: file, config: {{ path: out.jsonl, format: envelope }} }}\n\
+             restart: {{ on_failure: true, backoff: 200ms, max_backoff: 1s }}\n"
+        ),
+    );
+    let mut host = KillOnDrop(s.spawn_logged(&["gen.yaml", "bad.yaml"], "host.log"));
+    let admin = orbit_e2e::admin::Admin::from_log(&s, "host.log");
+    admin.wait_state("gen", "RUNNING", Duration::from_secs(60));
+    assert_eq!(admin.get("/health").status, 200);
+    wait_for_explained(
+        "the bad pipeline to fail and be restarted",
+        Duration::from_secs(60),
+        || admin.get("/pipelines/bad/status").json()["restarts"].as_u64() >= Some(1),
+        || s.tail("host.log", 20),
+    );
+    let ready = admin.get("/ready");
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    let not_ready = ready.json()["not_ready"].clone();
+    assert_eq!(not_ready.as_array().map(Vec::len), Some(1), "{not_ready}");
+    assert_eq!(not_ready[0]["name"], "bad", "{not_ready}");
+    let states = admin.get("/pipelines").json();
+    assert_eq!(states[0]["name"], "bad");
+    assert!(
+        ["STARTING", "RESTARTING", "FAILED"].contains(&states[0]["state"].as_str().unwrap()),
+        "{states}"
+    );
+    assert_eq!(
+        states[1],
+        serde_json::json!({"name": "gen", "state": "RUNNING"})
+    );
+    let written = s.lines("gen.jsonl").len();
+    wait_for(
+        "the healthy pipeline to keep writing",
+        Duration::from_secs(30),
+        || s.lines("gen.jsonl").len() > written + 100,
+    );
+
+    let broker = Tansu::start_on(port);
+    let b = broker.brokers();
+    create_topic(&b, "in", 1);
+    produce(&b, "in", (0..50).map(msg));
+    admin.wait_state("bad", "RUNNING", Duration::from_secs(60));
+    wait_for_explained(
+        "the recovered pipeline to deliver",
+        Duration::from_secs(60),
+        || s.lines("out.jsonl").len() >= 50,
+        || s.tail("host.log", 20),
+    );
+    assert_eq!(
+        from_envelopes(&s.lines("out.jsonl")),
+        (0..50).map(msg).map(sorted_headers).collect::<Vec<_>>()
+    );
+    wait_for("ready", Duration::from_secs(30), || {
+        admin.get("/ready").status == 200
+    });
+    signal(&host, libc::SIGTERM);
+    assert!(wait_exit(&mut host, Duration::from_secs(60)).success());
+}

@@ -24,6 +24,7 @@ pub(super) fn router(supervisor: Supervisor, token: Option<String>) -> Router {
         .route("/pipelines/{name}/status", get(status))
         .route("/pipelines/{name}/offsets", get(offsets))
         .route("/pipelines/{name}/stop", put(stop))
+        .route("/pipelines/{name}/pause", put(pause))
         .route("/pipelines/{name}/resume", put(resume))
         .route("/pipelines/{name}/restart", post(restart))
         .fallback(not_found)
@@ -126,6 +127,10 @@ async fn stop(State(sup): State<Supervisor>, Path(name): Path<String>) -> Respon
     accepted(&sup, &name, Command::Stop)
 }
 
+async fn pause(State(sup): State<Supervisor>, Path(name): Path<String>) -> Response {
+    accepted(&sup, &name, Command::Pause)
+}
+
 async fn resume(State(sup): State<Supervisor>, Path(name): Path<String>) -> Response {
     accepted(&sup, &name, Command::Resume)
 }
@@ -138,7 +143,7 @@ async fn not_found() -> Response {
     error_body(
         StatusCode::NOT_FOUND,
         "no such endpoint",
-        "endpoints: /health /ready /metrics /pipelines /pipelines/{name}[/status|/offsets|/stop|/resume|/restart]",
+        "endpoints: /health /ready /metrics /pipelines /pipelines/{name}[/status|/offsets|/pause|/resume|/stop|/restart]",
     )
 }
 

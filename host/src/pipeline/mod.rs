@@ -163,6 +163,14 @@ impl Shared {
     }
 }
 
+/// Pausing a pipeline without stopping it: the source stops polling while `requested` holds
+/// true (instances stay open, in-flight batches finish), and sets `drained` once nothing is in
+/// flight; polling resumes when `requested` goes back to false.
+pub struct Pause {
+    pub requested: tokio::sync::watch::Receiver<bool>,
+    pub drained: tokio::sync::watch::Sender<bool>,
+}
+
 /// A pipeline ready to run.
 pub struct Pipeline {
     pub spec: PipelineSpec,
@@ -176,6 +184,8 @@ pub struct Pipeline {
     pub telemetry: Telemetry,
     /// Told once every instance is created and records may move.
     pub started: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Pause requests, if the pipeline can be paused.
+    pub pause: Option<Pause>,
 }
 
 impl Pipeline {
@@ -361,6 +371,7 @@ impl Pipeline {
             ledger,
             batch: self.spec.batch.clone(),
             grace: self.grace,
+            pause: self.pause.take(),
         })
         .await;
         if let Err(e) = source_result {

@@ -13,7 +13,7 @@ use abi_stable::std_types::RVec;
 
 use super::acks::{self, AckTracker};
 use super::stage::Stage;
-use super::{Batch, PipelineError, Shared};
+use super::{Batch, Pause, PipelineError, Shared};
 use crate::config::BatchSpec;
 use crate::offsets::Ledger;
 
@@ -27,6 +27,7 @@ pub(super) struct SourceTask {
     pub(super) ledger: Ledger,
     pub(super) batch: BatchSpec,
     pub(super) grace: Duration,
+    pub(super) pause: Option<Pause>,
 }
 
 enum SourceEvent<'a> {
@@ -36,6 +37,18 @@ enum SourceEvent<'a> {
     Permit(mpsc::Permit<'a, Batch>),
     GraceExpired,
     IdleOver,
+    PauseChanged,
+}
+
+/// Resolves when a pause or resume is requested; never without a pause link (or once its
+/// sender is gone).
+async fn pause_changed(pause: &mut Option<Pause>) {
+    if let Some(p) = pause {
+        if p.requested.changed().await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 async fn reserve(tx: &Option<mpsc::Sender<Batch>>) -> Option<mpsc::Permit<'_, Batch>> {
@@ -68,6 +81,7 @@ pub(super) async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
         ledger,
         batch,
         grace,
+        mut pause,
     } = task;
     let mut tx = Some(tx);
     let mut tracker = AckTracker::default();
@@ -93,6 +107,14 @@ pub(super) async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
             .metrics
             .in_flight_batches
             .set(in_flight as i64);
+        // Paused: no polling; reported paused once nothing is in flight.
+        let paused = pause.as_ref().is_some_and(|p| *p.requested.borrow());
+        if let Some(p) = &pause {
+            p.drained.send_if_modified(|d| {
+                let now = paused && in_flight == 0;
+                std::mem::replace(d, now) != now
+            });
+        }
         if tx.is_none() && in_flight == 0 {
             break Ended::Done;
         }
@@ -106,7 +128,8 @@ pub(super) async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
                 _ = shutdown.cancelled(), if drain_deadline.is_none() => SourceEvent::Shutdown,
                 _ = sleep_until(drain_deadline) => SourceEvent::GraceExpired,
                 _ = sleep_until(idle_until) => SourceEvent::IdleOver,
-                Some(permit) = reserve(&tx), if idle_until.is_none() => SourceEvent::Permit(permit),
+                _ = pause_changed(&mut pause) => SourceEvent::PauseChanged,
+                Some(permit) = reserve(&tx), if idle_until.is_none() && !paused => SourceEvent::Permit(permit),
             };
             match event {
                 SourceEvent::Stopped => break Ended::Done,
@@ -128,6 +151,18 @@ pub(super) async fn run_source(task: SourceTask) -> Result<(), PipelineError> {
                     break Ended::Done;
                 }
                 SourceEvent::IdleOver => idle_until = None,
+                SourceEvent::PauseChanged => {
+                    let now = pause.as_ref().is_some_and(|p| *p.requested.borrow());
+                    tracing::info!(
+                        in_flight_batches = acks.tracker.in_flight(),
+                        "{}",
+                        if now {
+                            "paused: polling stopped"
+                        } else {
+                            "resumed: polling"
+                        }
+                    );
+                }
                 SourceEvent::Completed(id) => {
                     idle_until = None;
                     if let Err(e) = acks.complete(id, &mut completions) {

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Command, Managed, Supervisor};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pause, Pipeline};
 use crate::telemetry::PipelineState;
 
 /// How one run ended.
@@ -66,8 +66,10 @@ pub(super) async fn drive(
                 m.status.lock().expect("status").restarts += 1;
                 continue;
             }
-            Some(Command::Stop) => {
-                sup.set_state(&m, PipelineState::Stopped, None);
+            Some(Command::Stop | Command::Pause) => {
+                if next == Some(Command::Stop) {
+                    sup.set_state(&m, PipelineState::Stopped, None);
+                }
                 if wait_for_run(&sup, &mut commands).await {
                     m.status.lock().expect("status").restarts += 1;
                     continue;
@@ -79,12 +81,20 @@ pub(super) async fn drive(
     }
 }
 
+fn running_or_paused(drained: &watch::Receiver<bool>) -> PipelineState {
+    if *drained.borrow() {
+        PipelineState::Paused
+    } else {
+        PipelineState::Running
+    }
+}
+
 /// After a stop: waits for a command that runs the pipeline again (`true`), or the shutdown.
 async fn wait_for_run(sup: &Supervisor, commands: &mut mpsc::UnboundedReceiver<Command>) -> bool {
     loop {
         match wait_or_command(sup, commands, None).await {
             Some(Command::Restart | Command::Resume) => return true,
-            Some(Command::Stop) => {}
+            Some(Command::Stop | Command::Pause) => {}
             None => return false,
         }
     }
@@ -120,6 +130,7 @@ async fn run_once(
     let settings = &sup.inner.settings;
     let stop = sup.inner.shutdown.child_token();
     let (started_tx, started_rx) = oneshot::channel();
+    let (drained_tx, mut drained_rx) = watch::channel(false);
     let pipeline = Pipeline {
         spec: m.spec.clone(),
         stages: m.stages.clone(),
@@ -128,6 +139,10 @@ async fn run_once(
         progress_every: settings.progress_every,
         telemetry: sup.inner.telemetry.clone(),
         started: Some(started_tx),
+        pause: Some(Pause {
+            requested: m.pause.subscribe(),
+            drained: drained_tx,
+        }),
     };
     let run = pipeline.run(stop.clone());
     tokio::pin!(run);
@@ -139,7 +154,12 @@ async fn run_once(
             Ok(()) = async { started_rx.as_mut().expect("guarded").await }, if started_rx.is_some() => {
                 started_rx = None;
                 if !stop.is_cancelled() {
-                    sup.set_state(m, PipelineState::Running, None);
+                    sup.set_state(m, running_or_paused(&drained_rx), None);
+                }
+            }
+            Ok(()) = drained_rx.changed() => {
+                if started_rx.is_none() && !stop.is_cancelled() {
+                    sup.set_state(m, running_or_paused(&drained_rx), None);
                 }
             }
             Some(c) = commands.recv(), if requested.is_none() => {

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::PipelineFile;
@@ -40,8 +40,11 @@ pub enum Command {
     Stop,
     /// Stop (if running) and run again from the stored offsets.
     Restart,
-    /// Run again after STOPPED, FAILED or FINISHED.
+    /// Run again after STOPPED, FAILED or FINISHED (a paused pipeline resumes without a
+    /// command to its driver).
     Resume,
+    /// Stop polling, keep the instances; PAUSED once nothing is in flight.
+    Pause,
 }
 
 /// Why a command was not taken.
@@ -71,6 +74,9 @@ pub(crate) struct Managed {
     metrics: Vec<Arc<StageMetrics>>,
     status: Mutex<Status>,
     commands: mpsc::UnboundedSender<Command>,
+    /// Whether the pipeline should be paused; kept across runs (a paused pipeline that is
+    /// restarted comes back paused, as in Kafka Connect).
+    pause: watch::Sender<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -139,6 +145,7 @@ impl Supervisor {
                 restarts: 0,
             }),
             commands: tx,
+            pause: watch::Sender::new(false),
         });
         self.inner
             .telemetry
@@ -197,22 +204,36 @@ impl Supervisor {
             state: state.as_str(),
             what: what.to_string(),
         };
+        if self.inner.shutdown.is_cancelled() {
+            return Err(conflict("the host is shutting down"));
+        }
+        let paused = *m.pause.borrow();
+        let runs = matches!(
+            state,
+            PipelineState::Running
+                | PipelineState::Starting
+                | PipelineState::Restarting
+                | PipelineState::Paused
+        );
         match command {
             Command::Stop if state == PipelineState::Stopped => {
                 return Err(conflict("it is stopped already"))
             }
-            Command::Resume
-                if matches!(
-                    state,
-                    PipelineState::Running | PipelineState::Starting | PipelineState::Restarting
-                ) =>
-            {
-                return Err(conflict("it is running; nothing to resume"))
+            Command::Pause if !runs => {
+                return Err(conflict("only a running pipeline can be paused; resume it"))
             }
+            Command::Pause => {
+                m.pause.send_replace(true);
+                return Ok(());
+            }
+            Command::Resume if paused => {
+                m.pause.send_replace(false);
+                if runs {
+                    return Ok(());
+                }
+            }
+            Command::Resume if runs => return Err(conflict("it is running; nothing to resume")),
             _ => {}
-        }
-        if self.inner.shutdown.is_cancelled() {
-            return Err(conflict("the host is shutting down"));
         }
         let _ = m.commands.send(command);
         Ok(())
