@@ -14,6 +14,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod logging;
 pub mod offsets;
 pub mod pipeline;
 pub mod plugin;

@@ -5,16 +5,14 @@
 
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use orbit_host::admin::{AdminConfig, AdminServer};
-use orbit_host::config::{Diagnostic, PipelineFile};
-use orbit_host::pipeline::{resolve, ResolvedStage};
 use orbit_host::plugin::{Registry, SearchPath};
-use orbit_host::supervisor::{HostSettings, Supervisor};
+use orbit_host::supervisor::{load_pipelines, watch_files, HostSettings, Reloader, Supervisor};
 use orbit_host::telemetry::Telemetry;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -56,6 +54,15 @@ struct Cli {
     #[arg(long, env = "ORBIT_ADMIN_ADDR", default_value = "127.0.0.1:9100", value_parser = parse_admin)]
     admin: AdminAddr,
 
+    /// Watch the given files and directories and reload on every change (as SIGHUP and
+    /// `POST /reload` do once); the host stays up while it watches.
+    #[arg(long)]
+    watch: bool,
+
+    /// `text` (for people) or `json` (one object per line, with pipeline, stage and plugin).
+    #[arg(long, env = "ORBIT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
+    log_format: String,
+
     /// Token required (`Authorization: Bearer TOKEN`) by every request that changes something;
     /// required when the admin address is not loopback.
     #[arg(long, env = "ORBIT_ADMIN_TOKEN", hide_env_values = true)]
@@ -95,10 +102,19 @@ enum Command {
     Plugins,
 }
 
-fn init_logging() {
+fn init_logging(format: &str) {
     let filter = EnvFilter::try_from_env("ORBIT_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    if format == "json" {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(orbit_host::logging::JsonLines)
+            .init();
+        return;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -109,7 +125,7 @@ fn init_logging() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(&cli.log_format);
     let search_path = SearchPath::resolve(
         &cli.common.plugin_dirs,
         std::env::var("ORBIT_PLUGIN_PATH").ok().as_deref(),
@@ -117,7 +133,7 @@ fn main() -> ExitCode {
     let registry = Registry::load(search_path);
     match &cli.command {
         Some(Command::Plugins) => list_plugins(&registry),
-        Some(Command::Validate { paths }) => match load_pipelines(paths, &registry) {
+        Some(Command::Validate { paths }) => match load_all(paths, &registry) {
             Ok(loaded) => {
                 for (file, _) in &loaded {
                     println!(
@@ -135,7 +151,7 @@ fn main() -> ExitCode {
                 eprintln!("error: no pipeline given\n  hint: orbit-host pipelines/quickstart.yaml, or orbit-host --help");
                 return ExitCode::from(2);
             }
-            let Ok(loaded) = load_pipelines(&cli.paths, &registry) else {
+            let Ok(loaded) = load_all(&cli.paths, &registry) else {
                 return ExitCode::FAILURE;
             };
             let settings = HostSettings {
@@ -150,7 +166,11 @@ fn main() -> ExitCode {
                     token: cli.admin_token.clone().filter(|t| !t.is_empty()),
                 }),
             };
-            run(loaded, settings, admin)
+            let reloader = Reloader {
+                paths: cli.paths.clone(),
+                registry,
+            };
+            run(loaded, settings, admin, reloader, cli.watch)
         }
     }
 }
@@ -200,76 +220,29 @@ fn list_plugins(registry: &Registry) -> ExitCode {
 }
 
 /// Expands directories, loads and resolves every pipeline, printing every error found.
-type Loaded = Vec<(PipelineFile, Vec<ResolvedStage>)>;
+type Loaded = Vec<orbit_host::supervisor::Loaded>;
 
-fn load_pipelines(paths: &[PathBuf], registry: &Registry) -> Result<Loaded, ()> {
-    let mut ok = report_refused(registry);
-    let mut files = Vec::new();
-    for p in paths {
-        match expand(p) {
-            Ok(found) => files.extend(found),
-            Err(d) => {
-                eprintln!("error: {d}");
-                ok = false;
-            }
-        }
+/// Loads every pipeline, printing every error found; `Err` if any.
+fn load_all(paths: &[PathBuf], registry: &Registry) -> Result<Loaded, ()> {
+    let ok = report_refused(registry);
+    let (loaded, errors) = load_pipelines(paths, registry);
+    for d in &errors {
+        eprintln!("error: {d}");
     }
-    let mut loaded: Vec<(PipelineFile, Vec<_>)> = Vec::new();
-    for f in files {
-        let result = PipelineFile::load(&f).and_then(|file| {
-            if let Some((other, _)) = loaded.iter().find(|(o, _)| o.spec.name == file.spec.name) {
-                return Err(file.error_at(
-                    "name",
-                    format!(
-                        "pipeline name `{}` is already used by {}",
-                        file.spec.name,
-                        other.path.display()
-                    ),
-                    "names must be unique per host: they key the offsets",
-                ));
-            }
-            let stages = resolve(&file, registry)?;
-            Ok((file, stages))
-        });
-        match result {
-            Ok(l) => loaded.push(l),
-            Err(d) => {
-                eprintln!("error: {d}");
-                ok = false;
-            }
-        }
-    }
-    if ok {
+    if ok && errors.is_empty() {
         Ok(loaded)
     } else {
         Err(())
     }
 }
 
-fn expand(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
-    let not_found = |e: std::io::Error| Diagnostic {
-        file: path.to_path_buf(),
-        line: None,
-        column: None,
-        key: None,
-        message: format!("cannot read: {e}"),
-        hint: "give a pipeline file or a directory of them".into(),
-    };
-    if path.is_dir() {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(not_found)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-            .collect();
-        v.sort();
-        Ok(v)
-    } else {
-        std::fs::metadata(path).map_err(not_found)?;
-        Ok(vec![path.to_path_buf()])
-    }
-}
-
-fn run(loaded: Loaded, settings: HostSettings, admin: Option<AdminConfig>) -> ExitCode {
+fn run(
+    loaded: Loaded,
+    settings: HostSettings,
+    admin: Option<AdminConfig>,
+    reloader: Reloader,
+    watch: bool,
+) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("orbit-host")
@@ -278,6 +251,8 @@ fn run(loaded: Loaded, settings: HostSettings, admin: Option<AdminConfig>) -> Ex
     let code = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let supervisor = Supervisor::new(settings, Telemetry::new(), shutdown.clone());
+        let paths = reloader.paths.clone();
+        supervisor.set_reloader(reloader);
         let admin_stop = CancellationToken::new();
         let mut admin_task = None;
         if let Some(config) = admin {
@@ -294,8 +269,18 @@ fn run(loaded: Loaded, settings: HostSettings, admin: Option<AdminConfig>) -> Ex
             ));
         }
         tokio::spawn(watch_signals(shutdown.clone()));
+        tokio::spawn(reload_on_hangup(supervisor.clone()));
         for (file, stages) in loaded {
             supervisor.start(file, stages);
+        }
+        if watch {
+            supervisor.keep_running();
+            let sup = supervisor.clone();
+            tokio::spawn(async move {
+                if let Err(e) = watch_files(sup, paths).await {
+                    tracing::error!("{e}; reload with SIGHUP or POST /reload instead");
+                }
+            });
         }
         let ok = supervisor.wait().await;
         admin_stop.cancel();
@@ -312,6 +297,25 @@ fn run(loaded: Loaded, settings: HostSettings, admin: Option<AdminConfig>) -> Ex
     // nothing that is acknowledged, so do not wait for it.
     runtime.shutdown_timeout(Duration::from_millis(500));
     code
+}
+
+/// SIGHUP: read the pipeline files again and apply the difference.
+async fn reload_on_hangup(supervisor: Supervisor) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the pipeline files");
+        if let Some(r) = supervisor.reload().await {
+            tracing::info!(
+                started = r.started.len(),
+                restarted = r.restarted.len(),
+                removed = r.removed.len(),
+                unchanged = r.unchanged.len(),
+                errors = r.errors.len(),
+                "reloaded"
+            );
+        }
+    }
 }
 
 /// First SIGINT or SIGTERM: drain and stop. Second: exit at once (offsets already persisted

@@ -300,6 +300,44 @@ fn mutating_requests_need_the_token_and_stop_resume_restart_take_effect() {
     // Every record once, in order, across stop, resume and restart: nothing lost or repeated.
     let seq = seqs(&s.lines("out.jsonl"));
     assert_eq!(seq, (0..seq.len() as u64).collect::<Vec<_>>());
+
+    // Offsets change only while STOPPED; then DELETE makes the source start over and PATCH
+    // puts back what GET showed.
+    assert_eq!(
+        admin.send("DELETE", "/pipelines/t/offsets", None).status,
+        409
+    );
+    assert_eq!(
+        open.send("DELETE", "/pipelines/t/offsets", None).status,
+        401
+    );
+    assert_eq!(admin.send("PUT", "/pipelines/t/stop", None).status, 202);
+    admin.wait_state("t", "STOPPED", LONG);
+    let saved = admin.get("/pipelines/t/offsets").json()["offsets"].clone();
+    assert_eq!(saved.as_array().map(Vec::len), Some(1), "{saved}");
+    let reset = admin.send("DELETE", "/pipelines/t/offsets", None);
+    assert_eq!(reset.status, 200, "{}", reset.body);
+    assert_eq!(
+        admin.get("/pipelines/t/offsets").json()["offsets"],
+        serde_json::json!([])
+    );
+    assert_eq!(admin.send("PUT", "/pipelines/t/resume", None).status, 202);
+    let zeros = || {
+        seqs(&s.lines("out.jsonl"))
+            .iter()
+            .filter(|n| **n == 0)
+            .count()
+    };
+    wait_for("the source to start over", LONG, || zeros() == 2);
+    assert_eq!(admin.send("PUT", "/pipelines/t/stop", None).status, 202);
+    admin.wait_state("t", "STOPPED", LONG);
+    let bad = admin.send("PATCH", "/pipelines/t/offsets", Some(r#"{"offsets": 3}"#));
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    let body = serde_json::json!({ "offsets": saved }).to_string();
+    let patched = admin.send("PATCH", "/pipelines/t/offsets", Some(&body));
+    assert_eq!(patched.status, 200, "{}", patched.body);
+    assert_eq!(admin.get("/pipelines/t/offsets").json()["offsets"], saved);
+
     assert!(
         !s.read("host.log").contains("s3cret-token"),
         "the token is never logged"
@@ -344,4 +382,136 @@ fn the_admin_server_refuses_a_public_address_without_a_token_and_a_taken_port() 
     let out = s.run(&["p.yaml", "--admin", "none"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!text(&out.stderr).contains("admin listening"));
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_with_pipeline_stage_and_plugin() {
+    build_workspace();
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        "name: j\nsource: { plugin: generate, config: { count: 100 } }\n\
+         sink: { plugin: blackhole }\n",
+    );
+    let out = s.run(&["p.yaml", "--log-format", "json", "--admin", "none"]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines
+        .iter()
+        .all(|l| l["level"].is_string() && l["timestamp"].is_string()));
+    let finished = lines
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("finished:"))
+        })
+        .unwrap_or_else(|| panic!("no finished line: {err}"));
+    assert_eq!(finished["pipeline"], "j", "{finished}");
+    let from_stage = lines
+        .iter()
+        .find(|l| l["plugin"] == "blackhole")
+        .unwrap_or_else(|| panic!("no line from the sink's stage: {err}"));
+    assert_eq!(
+        (&from_stage["pipeline"], &from_stage["stage"]),
+        (&serde_json::json!("j"), &serde_json::json!("sink")),
+        "{from_stage}"
+    );
+    // The blackhole sink lives in the generate plugin's library.
+    assert_eq!(from_stage["library"], "generate", "{from_stage}");
+}
+
+/// Writes `text` to `path` the way many editors save: a temporary file renamed over it.
+fn save_by_rename(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("yaml.tmp~");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn hot_reload_applies_edits_keeps_bad_ones_out_and_follows_files_in_and_out() {
+    build_workspace();
+    let s = Scratch::new();
+    std::fs::create_dir_all(s.path("pipes")).unwrap();
+    let a = s.path("pipes/a.yaml");
+    let v1 = "name: a\nsource: { plugin: generate, config: { rate: 500 } }\n\
+              sink: { plugin: file, config: { path: out.jsonl } }\n";
+    std::fs::write(&a, v1).unwrap();
+    let mut host = KillOnDrop(s.spawn_logged(&["--watch", "pipes"], "host.log"));
+    let admin = Admin::from_log(&s, "host.log");
+    admin.wait_state("a", "RUNNING", LONG);
+    wait_for("records", LONG, || s.lines("out.jsonl").len() > 100);
+
+    // A transform added to the running pipeline shows in newly written records.
+    let v2 = "name: a\nsource: { plugin: generate, config: { rate: 500 } }\n\
+              transforms: [ { plugin: json, config: { set: { tag: v2 } } } ]\n\
+              sink: { plugin: file, config: { path: out.jsonl } }\n";
+    save_by_rename(&a, v2);
+    wait_for_explained(
+        "records of the new version",
+        Duration::from_secs(20),
+        || s.read("out.jsonl").contains(r#""tag":"v2""#),
+        || s.tail("host.log", 20),
+    );
+    assert!(matches!(host.try_wait(), Ok(None)), "same process");
+
+    // An edit that does not load keeps the running version, with the error on /status.
+    save_by_rename(&a, "name: a\nsource: { plugin: generate\n");
+    let mut status = serde_json::Value::Null;
+    wait_for_explained(
+        "the reload error on /status",
+        Duration::from_secs(20),
+        || {
+            status = admin.get("/pipelines/a/status").json();
+            status["reload_error"].is_string()
+        },
+        || s.tail("host.log", 20),
+    );
+    let error = status["reload_error"].as_str().unwrap();
+    assert!(error.contains("a.yaml:"), "file:line:col in {error}");
+    assert_eq!(status["state"], "RUNNING", "{status}");
+    let n = s.lines("out.jsonl").len();
+    wait_for("the old version to keep writing", LONG, || {
+        s.lines("out.jsonl").len() > n + 50
+    });
+
+    // A new file starts a pipeline; removing it stops and forgets it.
+    std::fs::write(
+        s.path("pipes/b.yaml"),
+        "name: b\nsource: { plugin: generate, config: { rate: 100 } }\n\
+         sink: { plugin: file, config: { path: b.jsonl } }\n",
+    )
+    .unwrap();
+    admin.wait_state("b", "RUNNING", Duration::from_secs(20));
+    std::fs::remove_file(s.path("pipes/b.yaml")).unwrap();
+    wait_for("b to be removed", Duration::from_secs(20), || {
+        admin.get("/pipelines/b/status").status == 404
+    });
+    let m = admin.metrics();
+    assert_eq!(m.value("orbit_pipeline_state", &[("pipeline", "b")]), None);
+
+    // Fixing the file clears the error; POST /reload reports it unchanged.
+    save_by_rename(&a, v2);
+    wait_for("the reload error to clear", Duration::from_secs(20), || {
+        admin.get("/pipelines/a/status").json()["reload_error"].is_null()
+    });
+    let report = admin.send("POST", "/reload", None);
+    assert_eq!(report.status, 200, "{}", report.body);
+    assert_eq!(
+        report.json()["unchanged"],
+        serde_json::json!(["a"]),
+        "{}",
+        report.body
+    );
+
+    signal(&host, libc::SIGTERM);
+    assert!(wait_exit(&mut host, LONG).success());
+    // Across the reload every record was written once, in order (the old version drained
+    // and saved its offsets before the new one started).
+    let seq = seqs(&s.lines("out.jsonl"));
+    assert_eq!(seq, (0..seq.len() as u64).collect::<Vec<_>>());
 }

@@ -99,8 +99,55 @@ fn a_sink_whose_calls_hang_stops_within_the_grace_period() {
         &format!(
             "name: hung\n\
              source: {{ plugin: generate, config: {{ rate: 100 }} }}\n\
-             sink:\n  plugin: http\n  config: {{ url: \"http://127.0.0.1:{port}/in\" }}\n  policy: {{ timeout: 1s }}\n"
+             sink:\n  plugin: http\n  config: {{ url: \"http://127.0.0.1:{port}/in\" }}\n  \
+             policy: {{ timeout: 500ms, restart: {{ max_restarts: 2, backoff: 10ms }} }}\n"
         ),
         "abandoning the instance",
     );
+}
+
+/// Timeouts are ridden out by retries and the breaker: more of them than the restart budget
+/// allows panics, and the pipeline still runs (it used to give up, and the host to exit).
+#[test]
+fn a_sink_timing_out_more_often_than_the_restart_budget_keeps_its_pipeline_running() {
+    build_workspace();
+    let s = Scratch::new();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming() {
+            held.push(c);
+        }
+    });
+    s.write(
+        "p.yaml",
+        &format!(
+            "name: hung\n\
+             source: {{ plugin: generate, config: {{ rate: 100 }} }}\n\
+             sink:\n  plugin: http\n  config: {{ url: \"http://127.0.0.1:{port}/in\" }}\n  \
+             policy: {{ timeout: 300ms, restart: {{ max_restarts: 2, backoff: 10ms }}, \
+             circuit_breaker: {{ open_for: 100ms }} }}\n"
+        ),
+    );
+    let mut host = KillOnDrop(s.spawn_logged(&["p.yaml", "--grace-period", "3s"], "host.log"));
+    wait_for_explained(
+        "five recreations after timeouts (the budget for panics is two)",
+        Duration::from_secs(90),
+        || {
+            s.read("host.log")
+                .matches("recreating the stage instance after a timeout")
+                .count()
+                >= 5
+        },
+        || s.tail("host.log", 20),
+    );
+    assert!(
+        matches!(host.try_wait(), Ok(None)),
+        "{}",
+        s.tail("host.log", 20)
+    );
+    assert!(!s.read("host.log").contains("giving up"));
+    signal(&host, libc::SIGTERM);
+    wait_exit(&mut host, GRACE + SLACK);
 }

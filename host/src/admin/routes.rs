@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -10,7 +11,7 @@ use axum::routing::{get, post, put};
 use axum::{middleware, Json, Router};
 use serde_json::json;
 
-use crate::supervisor::{Command, CommandError, Supervisor};
+use crate::supervisor::{Command, CommandError, OffsetsPatch, Supervisor};
 use crate::telemetry::PipelineState;
 
 pub(super) fn router(supervisor: Supervisor, token: Option<String>) -> Router {
@@ -20,9 +21,13 @@ pub(super) fn router(supervisor: Supervisor, token: Option<String>) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/pipelines", get(pipelines))
+        .route("/reload", post(reload))
         .route("/pipelines/{name}", get(describe))
         .route("/pipelines/{name}/status", get(status))
-        .route("/pipelines/{name}/offsets", get(offsets))
+        .route(
+            "/pipelines/{name}/offsets",
+            get(offsets).delete(reset_offsets).patch(patch_offsets),
+        )
         .route("/pipelines/{name}/stop", put(stop))
         .route("/pipelines/{name}/pause", put(pause))
         .route("/pipelines/{name}/resume", put(resume))
@@ -46,6 +51,10 @@ fn command_error(e: CommandError) -> Response {
         CommandError::Conflict { .. } => (
             StatusCode::CONFLICT,
             "GET /pipelines/{name}/status shows its state",
+        ),
+        CommandError::BadRequest(_) => (
+            StatusCode::BAD_REQUEST,
+            "the body is {\"offsets\": [{\"stream\", \"partition\", \"offset\", \"encoding\": \"text\"|\"hex\"}]}",
         ),
         CommandError::Offsets(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -112,6 +121,31 @@ async fn offsets(State(sup): State<Supervisor>, Path(name): Path<String>) -> Res
     }
 }
 
+async fn reset_offsets(State(sup): State<Supervisor>, Path(name): Path<String>) -> Response {
+    match sup.reset_offsets(&name) {
+        Ok(()) => Json(json!({ "name": name, "offsets": [] })).into_response(),
+        Err(e) => command_error(e),
+    }
+}
+
+async fn patch_offsets(
+    State(sup): State<Supervisor>,
+    Path(name): Path<String>,
+    body: Result<Json<OffsetsPatch>, JsonRejection>,
+) -> Response {
+    let patch = match body {
+        Ok(Json(p)) => p,
+        Err(e) => return command_error(CommandError::BadRequest(e.body_text())),
+    };
+    match sup.patch_offsets(&name, patch) {
+        Ok(()) => match sup.offsets(&name).await {
+            Ok(v) => Json(json!({ "name": name, "offsets": v })).into_response(),
+            Err(e) => command_error(e),
+        },
+        Err(e) => command_error(e),
+    }
+}
+
 fn accepted(sup: &Supervisor, name: &str, command: Command) -> Response {
     match sup.command(name, command) {
         Ok(()) => (
@@ -137,6 +171,17 @@ async fn resume(State(sup): State<Supervisor>, Path(name): Path<String>) -> Resp
 
 async fn restart(State(sup): State<Supervisor>, Path(name): Path<String>) -> Response {
     accepted(&sup, &name, Command::Restart)
+}
+
+async fn reload(State(sup): State<Supervisor>) -> Response {
+    match sup.reload().await {
+        Some(report) => Json(report).into_response(),
+        None => error_body(
+            StatusCode::CONFLICT,
+            "this host cannot reload",
+            "it was started without pipeline files to read again",
+        ),
+    }
 }
 
 async fn not_found() -> Response {

@@ -29,7 +29,7 @@ pub use interpolate::InterpolationError;
 pub use locate::KeyPositions;
 
 /// One pipeline file, as the user wrote it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineSpec {
     /// Unique per host; names the offset file and every log line and metric.
@@ -91,7 +91,7 @@ impl Default for PipelineRestartSpec {
 }
 
 /// A source, transform or sink: which plugin component, its config, its policy.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageSpec {
     /// The component name (`kafka`, `file`, `json`); its kind follows from the position.
@@ -111,7 +111,7 @@ pub struct StageSpec {
     pub max_in_flight: Option<usize>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchSpec {
     /// The most records one plugin call carries.
@@ -149,7 +149,7 @@ impl Default for BatchSpec {
 }
 
 /// How acknowledged source positions reach the offset file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OffsetsSpec {
     /// The offset file is written at most this often (and always when the pipeline stops);
@@ -186,7 +186,7 @@ pub enum Tolerance {
     All,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorsSpec {
     #[serde(default)]
@@ -196,7 +196,7 @@ pub struct ErrorsSpec {
     pub dead_letter: Option<StageSpec>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DefaultsSpec {
     #[serde(default)]
@@ -205,7 +205,7 @@ pub struct DefaultsSpec {
 
 /// The policies around one stage. Every field is optional so that a stage's own policy can be
 /// merged over the pipeline's `defaults.policy`, key by key.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySpec {
     #[serde(default)]
@@ -220,7 +220,7 @@ pub struct PolicySpec {
     pub restart: Option<RestartSpec>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySpec {
     pub max_attempts: Option<u32>,
@@ -233,7 +233,7 @@ pub struct RetrySpec {
     pub multiplier: Option<f64>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerSpec {
     pub failure_threshold: Option<u32>,
@@ -249,7 +249,7 @@ pub enum OnLimit {
     Drop,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSpec {
     pub records_per_second: Option<f64>,
@@ -258,7 +258,7 @@ pub struct RateLimitSpec {
     pub on_limit: Option<OnLimit>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestartSpec {
     pub max_restarts: Option<u32>,

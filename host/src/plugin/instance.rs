@@ -60,6 +60,8 @@ pub struct StageInstance<T> {
     span: tracing::Span,
     /// The last abandoned or discarded runner: fires once its instance is dropped.
     abandoned: Option<oneshot::Receiver<()>>,
+    /// The instance was lost to a panic (not to a timeout).
+    panicked: bool,
 }
 
 impl<T: 'static> StageInstance<T> {
@@ -70,6 +72,7 @@ impl<T: 'static> StageInstance<T> {
             id,
             runner: None,
             busy: false,
+            panicked: false,
             factory,
             generation: 0,
             span,
@@ -110,6 +113,13 @@ impl<T: 'static> StageInstance<T> {
     /// replacement waits for that like for an abandoned one.
     pub fn discard(&mut self) {
         self.abandon();
+        self.panicked = true;
+    }
+
+    /// The instance was lost to a panic, not abandoned after a timeout: its replacement counts
+    /// against the restart budget.
+    pub fn lost_to_panic(&self) -> bool {
+        self.panicked
     }
 
     /// Waits up to `grace` for the instance of an abandoned call to be dropped, so that what it
@@ -178,6 +188,7 @@ impl<T: 'static> StageInstance<T> {
         let released = self.abandoned.take().expect("set above");
         self.runner = Some(Runner { jobs, released });
         self.busy = false;
+        self.panicked = false;
         self.generation += 1;
         Ok(())
     }

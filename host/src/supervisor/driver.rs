@@ -22,9 +22,11 @@ pub(super) async fn drive(
     m: Arc<Managed>,
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
-    let restart = m.spec.restart.clone();
-    let mut backoff = restart.backoff;
+    let mut backoff = m.definition().spec.restart.backoff;
     loop {
+        // A reload may have replaced the definition since the last run.
+        let restart = m.definition().spec.restart.clone();
+        backoff = backoff.clamp(restart.backoff, restart.max_backoff);
         let started = Instant::now();
         let (ended, next) = run_once(&sup, &m, &mut commands).await;
         let shutting_down = sup.inner.shutdown.is_cancelled();
@@ -70,12 +72,16 @@ pub(super) async fn drive(
                 if next == Some(Command::Stop) {
                     sup.set_state(&m, PipelineState::Stopped, None);
                 }
-                if wait_for_run(&sup, &mut commands).await {
-                    m.status.lock().expect("status").restarts += 1;
-                    continue;
+                match wait_for_run(&sup, &mut commands).await {
+                    Some(Command::Remove) => return sup.remove(&m),
+                    Some(_) => {
+                        m.status.lock().expect("status").restarts += 1;
+                        continue;
+                    }
+                    None => return,
                 }
-                return;
             }
+            Some(Command::Remove) => return sup.remove(&m),
             None => return,
         }
     }
@@ -89,13 +95,16 @@ fn running_or_paused(drained: &watch::Receiver<bool>) -> PipelineState {
     }
 }
 
-/// After a stop: waits for a command that runs the pipeline again (`true`), or the shutdown.
-async fn wait_for_run(sup: &Supervisor, commands: &mut mpsc::UnboundedReceiver<Command>) -> bool {
+/// After a stop: waits for a command that runs the pipeline again or removes it (`None` on
+/// shutdown).
+async fn wait_for_run(
+    sup: &Supervisor,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+) -> Option<Command> {
     loop {
         match wait_or_command(sup, commands, None).await {
-            Some(Command::Restart | Command::Resume) => return true,
             Some(Command::Stop | Command::Pause) => {}
-            None => return false,
+            other => return other,
         }
     }
 }
@@ -131,9 +140,10 @@ async fn run_once(
     let stop = sup.inner.shutdown.child_token();
     let (started_tx, started_rx) = oneshot::channel();
     let (drained_tx, mut drained_rx) = watch::channel(false);
+    let definition = m.definition();
     let pipeline = Pipeline {
-        spec: m.spec.clone(),
-        stages: m.stages.clone(),
+        spec: definition.spec.clone(),
+        stages: definition.stages.clone(),
         store: m.store.clone(),
         grace: settings.grace,
         progress_every: settings.progress_every,
@@ -163,7 +173,7 @@ async fn run_once(
                 }
             }
             Some(c) = commands.recv(), if requested.is_none() => {
-                if matches!(c, Command::Stop | Command::Restart) {
+                if matches!(c, Command::Stop | Command::Restart | Command::Remove) {
                     tracing::info!(pipeline = %m.name, "{c:?} requested: draining in-flight batches");
                     requested = Some(c);
                     stop.cancel();

@@ -6,9 +6,18 @@
 //! pipeline is not FINISHED or FAILED, until a shutdown ([`Supervisor::wait`]).
 
 mod driver;
+mod load;
+mod offsets;
+mod reload;
 mod view;
+mod watcher;
 
-pub use view::{OffsetView, PipelineSummary, StageView, StatusView};
+pub use load::{load_pipelines, Loaded};
+pub use reload::{ReloadReport, Reloader};
+pub use watcher::watch_files;
+
+pub use offsets::{Encoding, OffsetView, OffsetsPatch};
+pub use view::{PipelineSummary, StageView, StatusView};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -45,6 +54,8 @@ pub enum Command {
     Resume,
     /// Stop polling, keep the instances; PAUSED once nothing is in flight.
     Pause,
+    /// Drain and forget the pipeline (its file was removed).
+    Remove,
 }
 
 /// Why a command was not taken.
@@ -60,18 +71,25 @@ pub enum CommandError {
     },
     #[error("{0}")]
     Offsets(String),
+    #[error("{0}")]
+    BadRequest(String),
 }
 
-/// One pipeline under supervision.
-pub(crate) struct Managed {
-    name: String,
+/// What a pipeline runs: replaced as a whole by a reload; each run reads it when it starts.
+pub(crate) struct Definition {
     file: PathBuf,
     /// The file as written (before `${VAR}` substitution), for `GET /pipelines/{name}`.
     source_text: String,
     spec: crate::config::PipelineSpec,
     stages: Vec<ResolvedStage>,
-    store: FileOffsetStore,
     metrics: Vec<Arc<StageMetrics>>,
+}
+
+/// One pipeline under supervision.
+pub(crate) struct Managed {
+    name: String,
+    definition: Mutex<Arc<Definition>>,
+    store: FileOffsetStore,
     status: Mutex<Status>,
     commands: mpsc::UnboundedSender<Command>,
     /// Whether the pipeline should be paused; kept across runs (a paused pipeline that is
@@ -85,6 +103,8 @@ struct Status {
     error: Option<String>,
     /// Times the host restarted the pipeline after a failure.
     restarts: u64,
+    /// The last reload found the pipeline's file invalid (the running version goes on).
+    reload_error: Option<String>,
 }
 
 struct Inner {
@@ -96,6 +116,10 @@ struct Inner {
     /// Woken on every state change.
     changed: Notify,
     drivers: Mutex<tokio::task::JoinSet<()>>,
+    /// Reads the pipeline files again (SIGHUP, `POST /reload`, `--watch`).
+    reloader: Mutex<Option<Arc<Reloader>>>,
+    /// Stay up when every pipeline is done (new files may come: `--watch`).
+    keep_running: std::sync::atomic::AtomicBool,
 }
 
 /// The pipelines of a host. Cheap to clone.
@@ -114,6 +138,8 @@ impl Supervisor {
                 shutdown,
                 changed: Notify::new(),
                 drivers: Mutex::new(tokio::task::JoinSet::new()),
+                reloader: Mutex::new(None),
+                keep_running: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -122,27 +148,43 @@ impl Supervisor {
         &self.inner.telemetry
     }
 
-    /// Starts running a loaded pipeline (its name must be new to the host).
-    pub fn start(&self, file: PipelineFile, stages: Vec<ResolvedStage>) {
-        let name = file.spec.name.clone();
+    /// Keeps the host up when every pipeline is done (it watches for new files).
+    pub fn keep_running(&self) {
+        self.inner
+            .keep_running
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn definition(&self, file: PipelineFile, stages: Vec<ResolvedStage>) -> Arc<Definition> {
+        let name = &file.spec.name;
         let source_text = std::fs::read_to_string(&file.path).unwrap_or_default();
         let metrics = stages
             .iter()
-            .map(|s| crate::pipeline::stage_metrics(&self.inner.telemetry, &name, s))
+            .map(|s| crate::pipeline::stage_metrics(&self.inner.telemetry, name, s))
             .collect();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let managed = Arc::new(Managed {
-            store: FileOffsetStore::new(&self.inner.settings.state_dir, &name),
-            name: name.clone(),
+        Arc::new(Definition {
             file: file.path,
             source_text,
             spec: file.spec,
             stages,
             metrics,
+        })
+    }
+
+    /// Starts running a loaded pipeline (its name must be new to the host).
+    pub fn start(&self, file: PipelineFile, stages: Vec<ResolvedStage>) {
+        let name = file.spec.name.clone();
+        let definition = self.definition(file, stages);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let managed = Arc::new(Managed {
+            store: FileOffsetStore::new(&self.inner.settings.state_dir, &name),
+            name: name.clone(),
+            definition: Mutex::new(definition),
             status: Mutex::new(Status {
                 state: PipelineState::Starting,
                 error: None,
                 restarts: 0,
+                reload_error: None,
             }),
             commands: tx,
             pause: watch::Sender::new(false),
@@ -248,7 +290,11 @@ impl Supervisor {
             // A STOPPED pipeline waits for a resume, unless the host is shutting down.
             let shutdown = self.inner.shutdown.is_cancelled();
             let over = |s: PipelineState| s.is_done() || (shutdown && s == PipelineState::Stopped);
-            if all.iter().all(|m| over(m.state())) {
+            let keep = self
+                .inner
+                .keep_running
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if all.iter().all(|m| over(m.state())) && (shutdown || !keep) {
                 break;
             }
             tokio::select! {
@@ -271,5 +317,9 @@ impl Supervisor {
 impl Managed {
     fn state(&self) -> PipelineState {
         self.status.lock().expect("status").state
+    }
+
+    fn definition(&self) -> Arc<Definition> {
+        self.definition.lock().expect("definition").clone()
     }
 }

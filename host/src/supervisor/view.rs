@@ -6,7 +6,6 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{CommandError, Managed, Supervisor};
-use crate::offsets::Offsets;
 use crate::telemetry::PipelineState;
 
 #[derive(Debug, Serialize)]
@@ -35,15 +34,9 @@ pub struct StatusView {
     pub file: String,
     /// Times the host ran the pipeline again after a failure or a request.
     pub restarts: u64,
+    /// Why the last reload kept the running version (file:line:col: message).
+    pub reload_error: Option<String>,
     pub stages: Vec<StageView>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct OffsetView {
-    pub stream: String,
-    pub partition: i32,
-    /// As the source wrote it when it is text, else hex.
-    pub offset: String,
 }
 
 impl Supervisor {
@@ -68,7 +61,8 @@ impl Supervisor {
     /// The spec as written, secrets masked, with the state.
     pub fn describe(&self, name: &str) -> Result<Value, CommandError> {
         let m = self.get(name)?;
-        let mut spec: Value = serde_yaml::from_str::<serde_yaml::Value>(&m.source_text)
+        let definition = m.definition();
+        let mut spec: Value = serde_yaml::from_str::<serde_yaml::Value>(&definition.source_text)
             .ok()
             .and_then(|v| serde_json::to_value(v).ok())
             .unwrap_or(Value::Null);
@@ -76,45 +70,17 @@ impl Supervisor {
         Ok(serde_json::json!({
             "name": m.name,
             "state": m.state(),
-            "file": m.file.display().to_string(),
+            "file": definition.file.display().to_string(),
+            "reload_error": m.status.lock().expect("status").reload_error,
             "spec": spec,
         }))
     }
-
-    /// The positions stored for the pipeline (written at most `offsets.flush_interval` after
-    /// they were acknowledged, and when it stops).
-    pub async fn offsets(&self, name: &str) -> Result<Vec<OffsetView>, CommandError> {
-        let m = self.get(name)?;
-        let store = m.store.clone();
-        let loaded = tokio::task::spawn_blocking(move || store.load())
-            .await
-            .map_err(|e| CommandError::Offsets(e.to_string()))?
-            .map_err(|e| CommandError::Offsets(e.to_string()))?;
-        Ok(offset_views(&loaded))
-    }
-}
-
-pub(super) fn offset_views(offsets: &Offsets) -> Vec<OffsetView> {
-    offsets
-        .iter()
-        .map(|((stream, partition), bytes)| OffsetView {
-            stream: stream.clone(),
-            partition: *partition,
-            offset: match std::str::from_utf8(bytes) {
-                Ok(t) if !t.chars().any(char::is_control) => t.to_string(),
-                _ => hex(bytes),
-            },
-        })
-        .collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn status_of(m: &Managed) -> StatusView {
     let s = m.status.lock().expect("status").clone();
-    let stages = m
+    let definition = m.definition();
+    let stages = definition
         .metrics
         .iter()
         .map(|sm| {
@@ -140,7 +106,8 @@ fn status_of(m: &Managed) -> StatusView {
         name: m.name.clone(),
         state: s.state,
         error: s.error,
-        file: m.file.display().to_string(),
+        file: definition.file.display().to_string(),
+        reload_error: s.reload_error,
         restarts: s.restarts,
         stages,
     }
@@ -206,15 +173,5 @@ mod tests {
             text.contains("${TOKEN}") && text.contains("\"t\""),
             "{text}"
         );
-    }
-
-    #[test]
-    fn offsets_show_text_as_text_and_bytes_as_hex() {
-        let mut o = Offsets::new();
-        o.insert(("a".into(), 0), b"0/16B3748".to_vec());
-        o.insert(("b".into(), 1), vec![0, 0, 0, 0, 0, 0, 0, 42]);
-        let v = offset_views(&o);
-        assert_eq!(v[0].offset, "0/16B3748");
-        assert_eq!(v[1].offset, "000000000000002a");
     }
 }
