@@ -33,6 +33,19 @@ fn terminate_after(s: &Scratch, yaml: &str, ready_when: &str) -> Duration {
     took
 }
 
+/// A port that accepts connections and never answers; returns the port.
+fn silent_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming() {
+            held.push(c);
+        }
+    });
+    port
+}
+
 #[test]
 fn a_source_whose_server_is_down_at_start_stops_at_the_first_signal() {
     build_workspace();
@@ -85,15 +98,7 @@ fn a_sink_retrying_a_closed_port_after_the_source_ended_stops_within_the_grace_p
 fn a_sink_whose_calls_hang_stops_within_the_grace_period() {
     build_workspace();
     let s = Scratch::new();
-    // Accepts connections and never answers.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for c in listener.incoming() {
-            held.push(c);
-        }
-    });
+    let port = silent_server();
     terminate_after(
         &s,
         &format!(
@@ -112,14 +117,7 @@ fn a_sink_whose_calls_hang_stops_within_the_grace_period() {
 fn a_sink_timing_out_more_often_than_the_restart_budget_keeps_its_pipeline_running() {
     build_workspace();
     let s = Scratch::new();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for c in listener.incoming() {
-            held.push(c);
-        }
-    });
+    let port = silent_server();
     s.write(
         "p.yaml",
         &format!(

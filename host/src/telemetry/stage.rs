@@ -168,15 +168,6 @@ impl StageMetrics {
             .inc();
     }
 
-    pub fn errors_of(&self, kind: ErrorKind) -> u64 {
-        self.errors
-            .get_or_create(&ErrorLabels {
-                stage: self.labels.clone(),
-                error_type: error_type(kind).to_string(),
-            })
-            .get()
-    }
-
     pub fn call(&self, took: Duration) {
         self.calls.fetch_add(1, Relaxed);
         self.call_duration.observe(took.as_secs_f64());
