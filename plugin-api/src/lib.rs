@@ -37,10 +37,10 @@ pub use record::SourceBatch;
 #[cfg(feature = "runtime")]
 pub use runtime::runtime;
 #[doc(hidden)]
-pub use sdk::{__ext_module, __root_module, __ROOT_MODULE_LOADER_NAME};
+pub use sdk::{__ext_module, __ext_v2_module, __root_module, __ROOT_MODULE_LOADER_NAME};
 pub use sdk::{
-    write_by_parts, PipelinedSink, PluginBuilder, Sink, SinkContext, Source, SourceContext,
-    Transform, TransformContext, TransformOutput, WriteOutcome,
+    write_by_parts, Metrics, PipelinedSink, PluginBuilder, Sink, SinkContext, Source,
+    SourceContext, Transform, TransformContext, TransformOutput, WriteOutcome,
 };
 pub use template::Template;
 

@@ -210,6 +210,19 @@ batch: { max_records: 100 }
         ),
         Some(4.0)
     );
+    // The chaos plugin's own counter, a plugin metric that crossed the ABI as values, agrees
+    // and carries the stage's labels.
+    let injected = [
+        ("pipeline", "m"),
+        ("component_id", "sink"),
+        ("component_kind", "sink"),
+        ("component_type", "chaos"),
+        ("fault", "retriable"),
+    ];
+    assert_eq!(
+        m.value("orbit_plugin_chaos_injected_faults_total", &injected),
+        Some(4.0)
+    );
     let transform = [("pipeline", "m"), ("component_kind", "transform")];
     assert_eq!(
         m.value("orbit_dead_letter_events_total", &transform),

@@ -338,11 +338,40 @@ fn kafka_to_file_delivers_200k_with_keys_and_headers() {
     let (_broker, b) = broker_with_input(3, N);
 
     let s = Scratch::new();
-    s.write("p.yaml", &kafka_to_file("from-kafka", &b, "in", "g1", ""));
-    let mut host = s.spawn(&["p.yaml"]);
+    let stats = "    properties: { statistics.interval.ms: \"300\" }\n";
+    s.write(
+        "p.yaml",
+        &kafka_to_file("from-kafka", &b, "in", "g1", stats),
+    );
+    let mut host = KillOnDrop(s.spawn_logged(&["p.yaml"], "host.log"));
+    let admin = orbit_e2e::admin::Admin::from_log(&s, "host.log");
     wait_for("200,000 lines", Duration::from_secs(180), || {
         s.lines("out.jsonl").len() >= N
     });
+    // The source's consumer lag (a plugin metric from librdkafka's statistics, under the
+    // stage's labels, per partition) comes down to 0 once everything is delivered.
+    let lags = |m: &orbit_e2e::admin::Metrics| -> Vec<Option<f64>> {
+        (0..3)
+            .map(|p| {
+                let p = p.to_string();
+                let labels = [
+                    ("pipeline", "from-kafka"),
+                    ("component_id", "source"),
+                    ("component_kind", "source"),
+                    ("component_type", "kafka"),
+                    ("topic", "in"),
+                    ("partition", p.as_str()),
+                ];
+                m.value("orbit_plugin_kafka_consumer_lag", &labels)
+            })
+            .collect()
+    };
+    wait_for_explained(
+        "orbit_plugin_kafka_consumer_lag to be 0 on the 3 partitions",
+        Duration::from_secs(30),
+        || lags(&admin.metrics()) == vec![Some(0.0); 3],
+        || format!("{:?}", lags(&admin.metrics())),
+    );
     signal(&host, libc::SIGTERM);
     assert!(wait_exit(&mut host, Duration::from_secs(30)).success());
 

@@ -49,6 +49,11 @@ impl AdminError {
     }
 }
 
+/// The admin API as a service, without a listener (the server below, tests, fuzzing).
+pub fn app(supervisor: Supervisor, token: Option<String>) -> axum::Router {
+    routes::router(supervisor, token)
+}
+
 /// A bound admin server, not yet serving.
 pub struct AdminServer {
     listener: TcpListener,
@@ -75,7 +80,7 @@ impl AdminServer {
 
     /// Serves until `stop` is cancelled.
     pub async fn serve(self, supervisor: Supervisor, stop: CancellationToken) {
-        let app = routes::router(supervisor, self.config.token);
+        let app = app(supervisor, self.config.token);
         let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await;

@@ -8,9 +8,13 @@
 
 use std::path::{Path, PathBuf};
 
+use abi_stable::library::RootModule;
 use abi_stable::library::{lib_header_from_path, AbiHeaderRef, LibraryError, RawLibrary};
 use orbit_plugin_api::ffi::ext::EXT_SYMBOL;
-use orbit_plugin_api::ffi::{HostContext, Manifest, PluginExtRef, PluginModuleRef};
+use orbit_plugin_api::ffi::metrics::EXT_V2_SYMBOL;
+use orbit_plugin_api::ffi::{
+    HostContext, Manifest, MetricsHost, PluginExtRef, PluginExtV2Ref, PluginModuleRef,
+};
 use orbit_plugin_api::API_VERSION;
 
 /// A loaded plugin library.
@@ -176,7 +180,14 @@ pub fn load_library(path: &Path) -> Result<Library, LoadError> {
         max_level: super::logging::max_level(),
     });
     let manifest = (module.manifest())();
-    let ext = load_ext(path).map_err(|e| classify(e, plugin_api))?;
+    let ext = load_ext::<PluginExtRef>(path, EXT_SYMBOL).map_err(|e| classify(e, plugin_api))?;
+    if let Some(v2) =
+        load_ext::<PluginExtV2Ref>(path, EXT_V2_SYMBOL).map_err(|e| classify(e, plugin_api))?
+    {
+        (v2.init_metrics())(MetricsHost {
+            report: crate::telemetry::report_plugin_metric,
+        });
+    }
     Ok(Library {
         path: path.to_path_buf(),
         module,
@@ -185,11 +196,11 @@ pub fn load_library(path: &Path) -> Result<Library, LoadError> {
     })
 }
 
-/// The [`PluginExtRef`] root module, checked like the first one, if the library exports it (a
-/// library built against plugin-api 0.1.0 does not).
-fn load_ext(path: &Path) -> Result<Option<PluginExtRef>, LibraryError> {
+/// A root module added after plugin-api 0.1.0 ([`PluginExtRef`], [`PluginExtV2Ref`]), checked
+/// like the first one, if the library exports its symbol (a library built before it does not).
+fn load_ext<M: RootModule>(path: &Path, symbol: &str) -> Result<Option<M>, LibraryError> {
     let raw = RawLibrary::load_at(path)?;
-    let symbol = format!("{EXT_SYMBOL}\0");
+    let symbol = format!("{symbol}\0");
     // SAFETY: the symbol, when present, is the `LibHeader` static `export_plugin!` defines;
     // the library is leaked below, so the `'static` references in it stay valid.
     let Ok(header) = (unsafe { raw.get::<AbiHeaderRef>(symbol.as_bytes()) }) else {
@@ -197,5 +208,5 @@ fn load_ext(path: &Path) -> Result<Option<PluginExtRef>, LibraryError> {
     };
     let header = (*header).upgrade()?;
     std::mem::forget(raw);
-    header.init_root_module::<PluginExtRef>().map(Some)
+    header.init_root_module::<M>().map(Some)
 }

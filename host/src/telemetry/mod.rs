@@ -8,10 +8,12 @@
 
 mod families;
 mod labels;
+mod plugin;
 mod stage;
 mod state;
 
 pub use labels::StageLabels;
+pub use plugin::{report as report_plugin_metric, store as plugin_metrics, PluginMetrics};
 pub use stage::{BreakerGauge, StageMetrics};
 pub use state::PipelineState;
 
@@ -32,7 +34,8 @@ pub struct Telemetry {
 struct Inner {
     registry: Registry,
     families: Families,
-    stages: Mutex<HashMap<StageLabels, Arc<StageMetrics>>>,
+    /// Shared with the [`plugin::PluginCollector`], which shows plugin series of these stages.
+    stages: Arc<Mutex<HashMap<StageLabels, Arc<StageMetrics>>>>,
 }
 
 impl Default for Telemetry {
@@ -46,11 +49,15 @@ impl Telemetry {
         let families = Families::new();
         let mut registry = Registry::default();
         families.register(&mut registry);
+        let stages = Arc::new(Mutex::new(HashMap::new()));
+        registry.register_collector(Box::new(plugin::PluginCollector {
+            stages: stages.clone(),
+        }));
         Telemetry {
             inner: Arc::new(Inner {
                 registry,
                 families,
-                stages: Mutex::new(HashMap::new()),
+                stages,
             }),
         }
     }
@@ -85,6 +92,7 @@ impl Telemetry {
     /// Forgets a pipeline that no longer exists (removed by a reload): its series leave
     /// `/metrics`.
     pub fn remove_pipeline(&self, pipeline: &str) {
+        plugin::store().remove_pipeline(pipeline);
         let f = &self.inner.families;
         for s in PipelineState::ALL {
             f.pipeline_state.remove(&PipelineLabels {
@@ -132,6 +140,8 @@ impl Telemetry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use abi_stable::std_types::RSlice;
+    use orbit_plugin_api::ffi::{MetricKind, MetricLabel, MetricSample};
 
     fn labels(pipeline: &str) -> StageLabels {
         StageLabels {
@@ -167,5 +177,92 @@ mod tests {
         t.remove_pipeline("p");
         let text = t.encode();
         assert!(!text.contains(r#"pipeline="p""#), "{text}");
+    }
+
+    fn sample<'a>(
+        pipeline: &'a str,
+        name: &'a str,
+        kind: MetricKind,
+        labels: &'a [MetricLabel<'a>],
+        value: f64,
+    ) -> MetricSample<'a> {
+        MetricSample {
+            pipeline: pipeline.into(),
+            stage: "sink".into(),
+            plugin: "my-plugin".into(),
+            name: name.into(),
+            help: "What it \\ means\nreally".into(),
+            kind,
+            value,
+            labels: RSlice::from_slice(labels),
+        }
+    }
+
+    #[test]
+    fn plugin_series_appear_under_their_stage_labels_and_leave_with_the_pipeline() {
+        let t = Telemetry::new();
+        t.stage(labels("plugged"));
+        let part = [
+            MetricLabel {
+                name: "partition".into(),
+                value: "0".into(),
+            },
+            MetricLabel {
+                name: "topic".into(),
+                value: "a\"b".into(),
+            },
+        ];
+        report_plugin_metric(&sample("plugged", "lag", MetricKind::Gauge, &part, 7.0));
+        report_plugin_metric(&sample("plugged", "lag", MetricKind::Gauge, &part, 3.0));
+        report_plugin_metric(&sample("plugged", "sent", MetricKind::Counter, &[], 12.0));
+        // Refused: a repeated stage label, a bad name, a kind that changed.
+        let bad = [MetricLabel {
+            name: "pipeline".into(),
+            value: "x".into(),
+        }];
+        report_plugin_metric(&sample("plugged", "dup", MetricKind::Gauge, &bad, 1.0));
+        report_plugin_metric(&sample("plugged", "bad-name", MetricKind::Gauge, &[], 1.0));
+        report_plugin_metric(&sample("plugged", "sent", MetricKind::Gauge, &[], 1.0));
+        // A stage this host does not know is not shown.
+        report_plugin_metric(&sample("elsewhere", "lag", MetricKind::Gauge, &[], 1.0));
+
+        let text = t.encode();
+        let stage =
+            r#"pipeline="plugged",component_id="sink",component_kind="sink",component_type="file""#;
+        let lag =
+            format!(r#"orbit_plugin_my_plugin_lag{{{stage},partition="0",topic="a\"b"}} 3.0"#);
+        assert!(text.contains(&lag), "{lag}\n{text}");
+        assert!(
+            text.contains("# TYPE orbit_plugin_my_plugin_sent counter"),
+            "{text}"
+        );
+        let sent = format!("orbit_plugin_my_plugin_sent_total{{{stage}}} 12.0");
+        assert!(text.contains(&sent), "{text}");
+        assert!(!text.contains("_dup") && !text.contains("bad"), "{text}");
+        assert!(!text.contains("elsewhere"), "{text}");
+        // The text stays parseable: the help's newline is escaped.
+        assert!(text.contains("What it \\\\ means\\nreally"), "{text}");
+
+        t.remove_pipeline("plugged");
+        assert!(!t.encode().contains("orbit_plugin_"), "{}", t.encode());
+    }
+
+    #[test]
+    fn a_stage_reports_at_most_its_share_of_series() {
+        let t = Telemetry::new();
+        t.stage(labels("capped"));
+        let values: Vec<String> = (0..plugin::MAX_SERIES_PER_STAGE + 5)
+            .map(|i| i.to_string())
+            .collect();
+        for v in &values {
+            let l = [MetricLabel {
+                name: "n".into(),
+                value: v.as_str().into(),
+            }];
+            report_plugin_metric(&sample("capped", "many", MetricKind::Gauge, &l, 1.0));
+        }
+        let shown = t.encode().matches("orbit_plugin_my_plugin_many{").count();
+        assert_eq!(shown, plugin::MAX_SERIES_PER_STAGE);
+        t.remove_pipeline("capped");
     }
 }

@@ -11,9 +11,9 @@
 //! older plugin if a field or method were added to a type reachable from [`PluginModule`]. So:
 //! * nothing reachable from [`PluginModule`] changes within 0.1.x;
 //! * a new capability is a new root module under a symbol of its own ([`ext`]: the
-//!   `orbit_plugin_ext_v1` symbol), which the host looks up and uses when present, falling
-//!   back to [`PluginModule`] when an older library does not export it. Its next revision is a
-//!   new symbol (`…_v2`), never a change to `…_v1`;
+//!   `orbit_plugin_ext_v1` symbol; [`metrics`]: `orbit_plugin_ext_v2`), which the host looks up
+//!   and uses when present, falling back when an older library does not export it. The next
+//!   capability is a new symbol (`…_v3`), never a change to an existing one;
 //! * a library built against a *newer* 0.1.x plugin-api may have more fields in a prefix type
 //!   than the host (abi_stable accepts that), which is what `#[sabi(last_prefix_field)]` allows;
 //! * any other change is a new plugin-api minor version (0.x) and old plugins are refused.
@@ -33,7 +33,11 @@ use abi_stable::{
 pub use crate::error::{ConfigError, PluginError};
 
 pub mod ext;
+pub mod metrics;
 pub use ext::{PipelinedSinkBox, PipelinedSinkFfi, PluginExt, PluginExtRef};
+pub use metrics::{
+    MetricKind, MetricLabel, MetricSample, MetricsHost, PluginExtV2, PluginExtV2Ref,
+};
 
 /// One record header: a name and raw bytes.
 #[repr(C)]

@@ -8,6 +8,7 @@
 //! * `registry`: [`PluginBuilder`] and the root module behind [`crate::export_plugin!`].
 
 mod adapter;
+mod metrics;
 mod pipelined;
 mod registry;
 
@@ -19,8 +20,11 @@ use crate::error::{ConfigError, PluginError};
 use crate::ffi::{Position, Record, RecordFailureFfi, TransformOutputFfi, WriteOutcomeFfi};
 use crate::record::SourceBatch;
 
+pub use metrics::Metrics;
 pub use pipelined::{write_by_parts, PipelinedSink};
-pub use registry::{__ext_module, __root_module, PluginBuilder, __ROOT_MODULE_LOADER_NAME};
+pub use registry::{
+    __ext_module, __ext_v2_module, __root_module, PluginBuilder, __ROOT_MODULE_LOADER_NAME,
+};
 
 /// What a source is given when it opens.
 #[derive(Debug, Clone)]
@@ -40,6 +44,11 @@ impl SourceContext {
             .find(|p| p.stream.as_str() == stream && p.partition == partition)
             .map(|p| p.offset.as_slice())
     }
+
+    /// This stage's own metrics (see [`Metrics`]).
+    pub fn metrics(&self) -> Metrics {
+        Metrics::new(&self.pipeline, &self.stage)
+    }
 }
 
 /// What a transform is given when it opens.
@@ -49,11 +58,25 @@ pub struct TransformContext {
     pub stage: String,
 }
 
+impl TransformContext {
+    /// This stage's own metrics (see [`Metrics`]).
+    pub fn metrics(&self) -> Metrics {
+        Metrics::new(&self.pipeline, &self.stage)
+    }
+}
+
 /// What a sink is given when it opens.
 #[derive(Debug, Clone)]
 pub struct SinkContext {
     pub pipeline: String,
     pub stage: String,
+}
+
+impl SinkContext {
+    /// This stage's own metrics (see [`Metrics`]).
+    pub fn metrics(&self) -> Metrics {
+        Metrics::new(&self.pipeline, &self.stage)
+    }
 }
 
 /// A source of records. The host calls it from one thread at a time; calls may block.

@@ -16,8 +16,8 @@ use super::{parse_config, PipelinedSink, Sink, Source, Transform};
 use crate::error::{ConfigError, PluginError};
 use crate::ffi::{
     ComponentInfo, ComponentKind, HostContext, Manifest, PipelinedSinkBox, PluginExt, PluginExtRef,
-    PluginModule, PluginModuleRef, SinkBox, SourceBox, SourceContextFfi, StageContextFfi,
-    TransformBox,
+    PluginExtV2, PluginExtV2Ref, PluginModule, PluginModuleRef, SinkBox, SourceBox,
+    SourceContextFfi, StageContextFfi, TransformBox,
 };
 
 type ValidateFn = fn(&str) -> Result<(), ConfigError>;
@@ -141,6 +141,12 @@ impl PluginBuilder {
 
 static PLUGIN: OnceLock<PluginBuilder> = OnceLock::new();
 
+/// The plugin family's name (`"plugin"` before the root module is initialised, as in a
+/// plugin's own unit tests).
+pub(super) fn plugin_name() -> &'static str {
+    PLUGIN.get().map_or("plugin", |p| p.name)
+}
+
 fn plugin() -> &'static PluginBuilder {
     PLUGIN
         .get()
@@ -250,6 +256,15 @@ pub fn __ext_module(build: impl FnOnce() -> PluginBuilder) -> PluginExtRef {
 
 /// Used by [`crate::export_plugin!`]; not part of the public API.
 #[doc(hidden)]
+pub fn __ext_v2_module(build: impl FnOnce() -> PluginBuilder) -> PluginExtV2Ref {
+    PLUGIN.get_or_init(build);
+    abi_stable::prefix_type::PrefixTypeTrait::leak_into_prefix(PluginExtV2 {
+        init_metrics: super::metrics::ffi_init_metrics,
+    })
+}
+
+/// Used by [`crate::export_plugin!`]; not part of the public API.
+#[doc(hidden)]
 pub fn __root_module(build: impl FnOnce() -> PluginBuilder) -> PluginModuleRef {
     PLUGIN.get_or_init(build);
     abi_stable::prefix_type::PrefixTypeTrait::leak_into_prefix(PluginModule {
@@ -306,6 +321,23 @@ macro_rules! export_plugin {
                     $crate::ffi::PluginExtRef,
                 >(
                     erased_ext_module,
+                    $crate::abi_stable::library::CheckTypeLayout::Yes,
+                )
+            }
+        };
+        // Plugin metrics (plugin-api 0.1.2, see `ffi::metrics`), under a symbol of their own.
+        #[export_name = "orbit_plugin_ext_v2"]
+        pub static __ORBIT_PLUGIN_EXT_V2_HEADER: $crate::abi_stable::library::LibHeader = {
+            extern "C" fn erased_ext_v2_module() -> $crate::abi_stable::library::RootModuleResult {
+                $crate::abi_stable::library::__call_root_module_loader(|| {
+                    $crate::__ext_v2_module(|| $builder)
+                })
+            }
+            unsafe {
+                $crate::abi_stable::library::LibHeader::from_constructor::<
+                    $crate::ffi::PluginExtV2Ref,
+                >(
+                    erased_ext_v2_module,
                     $crate::abi_stable::library::CheckTypeLayout::Yes,
                 )
             }

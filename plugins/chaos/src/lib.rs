@@ -39,7 +39,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use orbit_plugin_api::{
-    export_plugin, PluginBuilder, PluginError, Position, Record, Source, SourceBatch,
+    export_plugin, Metrics, PluginBuilder, PluginError, Position, Record, Source, SourceBatch,
     SourceContext, Transform, TransformContext, TransformOutput,
 };
 use serde::Deserialize;
@@ -121,21 +121,48 @@ fn next_call(counter: &str) -> u64 {
     *n
 }
 
+/// Faults injected so far per stage (`pipeline/stage`) and fault, across instances: the
+/// `injected_faults` counter a stage reports never goes back when it is recreated.
+static INJECTED: Mutex<Option<HashMap<(String, &'static str), u64>>> = Mutex::new(None);
+
 pub(crate) struct Injector {
     pub(crate) faults: Faults,
     counter: String,
     rng: u64,
+    metrics: Metrics,
+    stage: String,
 }
 
 impl Injector {
-    pub(crate) fn new(faults: Faults, kind: &str) -> Self {
+    pub(crate) fn new(faults: Faults, kind: &str, metrics: Metrics, stage: String) -> Self {
         let counter = faults.counter.clone().unwrap_or_else(|| kind.to_string());
         let rng = faults.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         Injector {
             faults,
             counter,
             rng,
+            metrics,
+            stage,
         }
+    }
+
+    /// Counts one injected fault and reports the stage's total (a plugin metric).
+    pub(crate) fn injected(&self, fault: &'static str) {
+        let total = {
+            let mut guard = INJECTED.lock().unwrap_or_else(|e| e.into_inner());
+            let n = guard
+                .get_or_insert_with(HashMap::new)
+                .entry((self.stage.clone(), fault))
+                .or_insert(0);
+            *n += 1;
+            *n
+        };
+        self.metrics.counter_with(
+            "injected_faults",
+            "Faults the chaos plugin injected, by fault",
+            &[("fault", fault)],
+            total as f64,
+        );
     }
 
     fn random(&mut self) -> f64 {
@@ -152,13 +179,16 @@ impl Injector {
         if self.faults.panic_on_call == Some(call)
             || self.faults.panic_from_call.is_some_and(|n| call >= n)
         {
+            self.injected("panic");
             panic!("chaos: panic on call {call}");
         }
         if self.faults.hang_on_call == Some(call) {
+            self.injected("hang");
             tracing::warn!(call, "chaos: hanging");
             std::thread::sleep(self.faults.hang_for);
         }
         if self.faults.fatal_on_call == Some(call) {
+            self.injected("fatal");
             return Err(PluginError::fatal(format!(
                 "chaos: fatal error on call {call}"
             )));
@@ -166,6 +196,7 @@ impl Injector {
         let random_failure =
             self.faults.fail_probability > 0.0 && self.random() < self.faults.fail_probability;
         if call <= self.faults.fail_calls || random_failure {
+            self.injected("retriable");
             let mut e = PluginError::retriable(format!("chaos: transient failure on call {call}"));
             if let Some(after) = self.faults.retry_after {
                 e = e.with_retry_after(after);
@@ -225,7 +256,12 @@ impl Source for ChaosSource {
             _listener: listener,
             count: faults.count.unwrap_or(u64::MAX),
             poison_every: faults.poison_every.filter(|k| *k > 0),
-            injector: Injector::new(faults, "source"),
+            injector: Injector::new(
+                faults,
+                "source",
+                ctx.metrics(),
+                format!("{}/{}", ctx.pipeline, ctx.stage),
+            ),
             next,
             instance,
         })
@@ -285,9 +321,14 @@ pub struct ChaosTransform {
 impl Transform for ChaosTransform {
     type Config = Faults;
 
-    fn open(faults: Faults, _ctx: TransformContext) -> Result<Self, PluginError> {
+    fn open(faults: Faults, ctx: TransformContext) -> Result<Self, PluginError> {
         Ok(ChaosTransform {
-            injector: Injector::new(faults, "transform"),
+            injector: Injector::new(
+                faults,
+                "transform",
+                ctx.metrics(),
+                format!("{}/{}", ctx.pipeline, ctx.stage),
+            ),
         })
     }
 

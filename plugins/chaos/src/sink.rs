@@ -25,7 +25,7 @@ pub struct ChaosSink {
 impl Sink for ChaosSink {
     type Config = Faults;
 
-    fn open(faults: Faults, _ctx: SinkContext) -> Result<Self, PluginError> {
+    fn open(faults: Faults, ctx: SinkContext) -> Result<Self, PluginError> {
         let file = match &faults.path {
             Some(p) => Some(
                 OpenOptions::new()
@@ -37,7 +37,12 @@ impl Sink for ChaosSink {
             None => None,
         };
         Ok(ChaosSink {
-            injector: Injector::new(faults, "sink"),
+            injector: Injector::new(
+                faults,
+                "sink",
+                ctx.metrics(),
+                format!("{}/{}", ctx.pipeline, ctx.stage),
+            ),
             file,
             failed_once: Default::default(),
             pending: VecDeque::new(),
@@ -54,6 +59,7 @@ impl PipelinedSink for ChaosSink {
         let call = self.injector.before_call()?;
         let ready = Instant::now() + self.injector.faults.finish_after.unwrap_or_default();
         let outcome = if self.injector.faults.lose_batch == Some(call) {
+            self.injector.injected("lost_batch");
             Err(PluginError::retriable(format!(
                 "chaos: batch of call {call} lost"
             )))

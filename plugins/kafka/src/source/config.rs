@@ -127,6 +127,8 @@ impl Config {
             ),
             // Bound what librdkafka prefetches per partition (its default is 64 MB).
             ("queued.max.messages.kbytes", "16384"),
+            // Consumer lag for `/metrics` (orbit_plugin_kafka_consumer_lag).
+            ("statistics.interval.ms", "10000"),
         ];
         for (k, v) in defaults {
             if !self.properties.contains_key(k) {

@@ -8,22 +8,51 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use orbit_plugin_api::{PluginError, Record};
+use orbit_plugin_api::{Metrics, PluginError, Record};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::statistics::Statistics;
 
 use crate::client;
 
-/// Logs rebalances and commits stored offsets before partitions are taken away.
+/// Logs rebalances, commits stored offsets before partitions are taken away, and reports
+/// consumer lag from librdkafka's statistics.
 pub struct GroupContext {
     pub(super) rebalances: AtomicU64,
+    pub(super) metrics: Metrics,
 }
 
 impl ClientContext for GroupContext {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(error = %error, "librdkafka: {reason}");
+    }
+
+    /// Every `statistics.interval.ms`: the lag of each partition this consumer reads, counted
+    /// from the last offset Orbit acknowledged (stored), else the last one committed.
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (id, p) in &t.partitions {
+                if *id < 0 || !p.desired {
+                    continue;
+                }
+                let lag = if p.consumer_lag_stored >= 0 {
+                    p.consumer_lag_stored
+                } else {
+                    p.consumer_lag
+                };
+                if lag < 0 {
+                    continue;
+                }
+                self.metrics.gauge_with(
+                    "consumer_lag",
+                    "Records between the partition's end and the last offset delivered",
+                    &[("topic", topic), ("partition", &id.to_string())],
+                    lag as f64,
+                );
+            }
+        }
     }
 }
 

@@ -44,13 +44,14 @@ impl Source for KafkaSource {
         config.validate()
     }
 
-    fn open(config: Config, _ctx: SourceContext) -> Result<Self, PluginError> {
+    fn open(config: Config, ctx: SourceContext) -> Result<Self, PluginError> {
         // Offsets live in Kafka (committed by the group), not in Orbit's offset file: with
         // several hosts in one group, only Kafka knows who read what.
         let cfg = config.client_config();
         let consumer: Consumer_ = cfg
             .create_with_context(GroupContext {
                 rebalances: AtomicU64::new(0),
+                metrics: ctx.metrics(),
             })
             .map_err(|e| {
                 PluginError::config(format!(
