@@ -528,3 +528,45 @@ fn hot_reload_applies_edits_keeps_bad_ones_out_and_follows_files_in_and_out() {
     let seq = seqs(&s.lines("out.jsonl"));
     assert_eq!(seq, (0..seq.len() as u64).collect::<Vec<_>>());
 }
+
+/// A file removed and put back while its pipeline still drains for removal: the pipeline is not
+/// lost; it runs the new version once drained, and no record is lost.
+#[test]
+fn a_file_put_back_while_its_pipeline_drains_for_removal_runs_again() {
+    build_workspace();
+    let s = Scratch::new();
+    std::fs::create_dir_all(s.path("pipes")).unwrap();
+    let c = s.path("pipes/c.yaml");
+    // Each batch is confirmed 2 s after it began: a drain takes that long.
+    let v1 = "name: c\nsource: { plugin: generate, config: { rate: 200 } }\n\
+              sink: { plugin: chaos, config: { path: out.jsonl, finish_after: 2s } }\n";
+    std::fs::write(&c, v1).unwrap();
+    let mut host = KillOnDrop(s.spawn_logged(&["pipes"], "host.log"));
+    let admin = Admin::from_log(&s, "host.log");
+    admin.wait_state("c", "RUNNING", LONG);
+    wait_for("records", LONG, || s.lines("out.jsonl").len() > 50);
+
+    std::fs::rename(&c, s.path("c.yaml.away")).unwrap();
+    let report = admin.send("POST", "/reload", None).json();
+    assert_eq!(report["removed"], serde_json::json!(["c"]), "{report}");
+    let v2 = "name: c\nsource: { plugin: generate, config: { rate: 200 } }\n\
+              transforms: [ { plugin: json, config: { set: { tag: v2 } } } ]\n\
+              sink: { plugin: chaos, config: { path: out.jsonl, finish_after: 2s } }\n";
+    std::fs::write(&c, v2).unwrap();
+    let report = admin.send("POST", "/reload", None).json();
+    assert_eq!(report["restarted"], serde_json::json!(["c"]), "{report}");
+
+    wait_for_explained(
+        "records of the new version",
+        LONG,
+        || s.read("out.jsonl").contains(r#""tag":"v2""#),
+        || format!("{}\n{}", admin.get("/pipelines").body, s.tail("host.log", 20)),
+    );
+    assert_eq!(admin.state("c"), "RUNNING");
+    signal(&host, libc::SIGTERM);
+    assert!(wait_exit(&mut host, LONG).success());
+    let mut seq = seqs(&s.lines("out.jsonl"));
+    seq.sort_unstable();
+    seq.dedup();
+    assert_eq!(seq, (0..seq.len() as u64).collect::<Vec<_>>(), "none lost");
+}

@@ -41,6 +41,29 @@ impl PipelineFile {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<PipelineFile, Diagnostic> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        // YAML counts a lone CR as a line break and so do editors; the rest of the loader
+        // (key positions, column mapping) counts LF. One convention for all: LF.
+        let lf;
+        let text = if text.contains('\r') {
+            lf = text.replace("\r\n", "\n").replace('\r', "\n");
+            lf.as_str()
+        } else {
+            text
+        };
+        Self::parse_lf(path, text, env).map_err(|mut d| {
+            if let (Some(line), Some(column)) = (d.line, d.column) {
+                let (line, column) = within_text(text, line, column);
+                (d.line, d.column) = (Some(line), Some(column));
+            }
+            d
+        })
+    }
+
+    fn parse_lf(
+        path: &Path,
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<PipelineFile, Diagnostic> {
         let placeheld = placehold(text);
         limits::check_depth(path, &placeheld.text).map_err(|mut d| {
             if let (Some(line), Some(column)) = (d.line, d.column) {
@@ -250,6 +273,17 @@ fn hint_for_type_error(message: &str) -> String {
     }
 }
 
+/// libyaml puts an error at the end of a text without a final newline on the line after the
+/// last; point at the end of the last line instead, where an editor can go.
+fn within_text(text: &str, line: usize, column: usize) -> (usize, usize) {
+    let lines = text.split('\n').count();
+    if line <= lines || text.ends_with('\n') {
+        return (line, column);
+    }
+    let last = text.rsplit('\n').next().unwrap_or("");
+    (lines, last.chars().count() + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,6 +311,28 @@ mod tests {
             parse(&GOOD.replace("  plugin: file\n", "  plugin: file\n  confg: 1\n")).unwrap_err();
         assert_eq!((e.line, e.column), (Some(7), Some(3)), "{e}");
         assert!(e.message.contains("unknown field `confg`"), "{e}");
+    }
+
+    /// Found by fuzzing: with lone CRs YAML counted lines the loader's key positions did not.
+    #[test]
+    fn cr_and_crlf_line_endings_give_the_line_an_editor_shows() {
+        for eol in ["\r\n", "\r"] {
+            let text = GOOD.replace("  plugin: file\n", "  plugin: file\n  confg: 1\n");
+            let e = parse(&text.replace('\n', eol)).unwrap_err();
+            assert_eq!((e.line, e.column), (Some(7), Some(3)), "{eol:?}: {e}");
+            let e = parse(&"name: t\nsource: [\n".replace('\n', eol)).unwrap_err();
+            assert!(e.line.is_some_and(|l| l <= 3), "{eol:?}: {e}");
+        }
+        assert!(parse(&GOOD.replace('\n', "\r")).is_ok());
+    }
+
+    /// Found by fuzzing: an error at the end of a text without a final newline.
+    #[test]
+    fn an_error_at_the_end_of_the_text_points_inside_it() {
+        let e = parse("name: t\nsource: [a,").unwrap_err();
+        assert_eq!((e.line, e.column), (Some(2), Some(12)), "{e}");
+        let e = parse("-").unwrap_err();
+        assert_eq!((e.line, e.column), (Some(1), Some(2)), "{e}");
     }
 
     #[test]

@@ -73,7 +73,7 @@ pub(super) async fn drive(
                     sup.set_state(&m, PipelineState::Stopped, None);
                 }
                 match wait_for_run(&sup, &mut commands).await {
-                    Some(Command::Remove) => return sup.remove(&m),
+                    Some(Command::Remove) if sup.remove(&m) => return,
                     Some(_) => {
                         m.status.lock().expect("status").restarts += 1;
                         continue;
@@ -81,7 +81,9 @@ pub(super) async fn drive(
                     None => return,
                 }
             }
-            Some(Command::Remove) => return sup.remove(&m),
+            // Not removed: its file came back meanwhile; run the new version.
+            Some(Command::Remove) if sup.remove(&m) => return,
+            Some(Command::Remove) => continue,
             None => return,
         }
     }

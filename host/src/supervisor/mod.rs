@@ -95,6 +95,10 @@ pub(crate) struct Managed {
     /// Whether the pipeline should be paused; kept across runs (a paused pipeline that is
     /// restarted comes back paused, as in Kafka Connect).
     pause: watch::Sender<bool>,
+    /// A reload sent `Remove` (its file is gone) and the driver has not removed it yet. A
+    /// reload that finds the file again meanwhile clears it, and the driver runs the new
+    /// definition instead of removing the pipeline. Changed under the pipelines lock only.
+    removing: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Clone)]
@@ -188,6 +192,7 @@ impl Supervisor {
             }),
             commands: tx,
             pause: watch::Sender::new(false),
+            removing: std::sync::atomic::AtomicBool::new(false),
         });
         self.inner
             .telemetry

@@ -5,12 +5,14 @@
 //! line, column) logged and shown on `/status` as `reload_error`.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::{load_pipelines, Command, Loaded, Supervisor};
-use crate::config::Diagnostic;
+use crate::config::{Diagnostic, PipelineFile};
+use crate::pipeline::ResolvedStage;
 use crate::plugin::Registry;
 use crate::telemetry::PipelineState;
 
@@ -72,6 +74,17 @@ impl Supervisor {
                 continue;
             };
             m.status.lock().expect("status").reload_error = None;
+            if m.removing.load(Ordering::SeqCst) {
+                // Its file went away and came back while it drains for removal.
+                match self.keep(m, file, stages) {
+                    None => report.restarted.push(name),
+                    Some((file, stages)) => {
+                        self.start(file, stages);
+                        report.started.push(name);
+                    }
+                }
+                continue;
+            }
             let current = m.definition();
             if current.spec == file.spec && current.file == file.path {
                 report.unchanged.push(name);
@@ -99,24 +112,51 @@ impl Supervisor {
                 continue;
             }
             tracing::info!(pipeline = %m.name, file = %file.display(), "reload: file gone; draining and removing the pipeline");
+            {
+                let _pipelines = self.inner.pipelines.lock().expect("pipelines");
+                m.removing.store(true, Ordering::SeqCst);
+            }
             let _ = m.commands.send(Command::Remove);
             report.removed.push(m.name.clone());
         }
         report
     }
 
-    /// Forgets a pipeline whose driver ended for good (removed by a reload).
-    pub(super) fn remove(&self, m: &super::Managed) {
-        let mut pipelines = self.inner.pipelines.lock().expect("pipelines");
-        // Only this very pipeline: a new one of the same name may have started since.
-        if pipelines
+    /// A pipeline draining for removal whose file is back: it gets the new definition and its
+    /// driver runs it instead of removing it. Gives the definition back when the driver has
+    /// removed the pipeline already (then it starts anew).
+    fn keep(&self, m: &super::Managed, file: PipelineFile, stages: Vec<ResolvedStage>) -> Option<Loaded> {
+        let pipelines = self.inner.pipelines.lock().expect("pipelines");
+        let present = pipelines
             .get(&m.name)
-            .is_some_and(|x| std::ptr::eq(x.as_ref(), m))
-        {
-            pipelines.remove(&m.name);
+            .is_some_and(|x| std::ptr::eq(x.as_ref(), m));
+        if !present || !m.removing.load(Ordering::SeqCst) {
+            return Some((file, stages));
         }
+        tracing::info!(pipeline = %m.name, "reload: its file is back; running the new version after the drain");
+        *m.definition.lock().expect("definition") = self.definition(file, stages);
+        m.removing.store(false, Ordering::SeqCst);
+        None
+    }
+
+    /// Forgets a pipeline whose driver ended for good (removed by a reload); false when its
+    /// file came back meanwhile ([`Supervisor::keep`]) and it must run again instead.
+    pub(super) fn remove(&self, m: &super::Managed) -> bool {
+        let mut pipelines = self.inner.pipelines.lock().expect("pipelines");
+        let present = pipelines
+            .get(&m.name)
+            .is_some_and(|x| std::ptr::eq(x.as_ref(), m));
+        if !present {
+            // Another pipeline of this name runs now: its metrics stay.
+            return true;
+        }
+        if !m.removing.load(Ordering::SeqCst) {
+            return false;
+        }
+        pipelines.remove(&m.name);
         drop(pipelines);
         self.inner.telemetry.remove_pipeline(&m.name);
         self.inner.changed.notify_waiters();
+        true
     }
 }
