@@ -124,6 +124,10 @@ fn health_ready_pipelines_and_status_describe_a_running_host() {
     assert_eq!(missing.status, 404);
     assert!(missing.json()["error"].as_str().unwrap().contains("nope"));
     assert_eq!(admin.get("/no/such/thing").status, 404);
+    // A name that is not UTF-8 is a JSON error too (found by fuzzing).
+    let garbled = admin.get("/pipelines/%FF/status");
+    assert_eq!(garbled.status, 400, "{}", garbled.body);
+    assert!(garbled.json()["hint"].is_string(), "{}", garbled.body);
 
     // A stopped pipeline waits for a resume: the host stays up.
     assert_eq!(admin.send("PUT", "/pipelines/gen/stop", None).status, 202);

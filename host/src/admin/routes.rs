@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -43,6 +44,25 @@ pub(super) fn router(supervisor: Supervisor, token: Option<String>) -> Router {
 
 pub(super) fn error_body(status: StatusCode, error: &str, hint: &str) -> Response {
     (status, Json(json!({ "error": error, "hint": hint }))).into_response()
+}
+
+/// The `{name}` of a path, with a JSON error like every other when it cannot be read (found
+/// by fuzzing: axum's own rejection is plain text).
+struct Name(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Name {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(name)) => Ok(Name(name)),
+            Err(e) => Err(error_body(
+                StatusCode::BAD_REQUEST,
+                &e.body_text(),
+                "percent-encode the pipeline's name as UTF-8; GET /pipelines lists the names",
+            )),
+        }
+    }
 }
 
 fn command_error(e: CommandError) -> Response {
@@ -100,28 +120,28 @@ async fn pipelines(State(sup): State<Supervisor>) -> Response {
     Json(sup.list()).into_response()
 }
 
-async fn describe(State(sup): State<Supervisor>, Path(name): Path<String>) -> Response {
+async fn describe(State(sup): State<Supervisor>, Name(name): Name) -> Response {
     match sup.describe(&name) {
         Ok(v) => Json(v).into_response(),
         Err(e) => command_error(e),
     }
 }
 
-async fn status(State(sup): State<Supervisor>, Path(name): Path<String>) -> Response {
+async fn status(State(sup): State<Supervisor>, Name(name): Name) -> Response {
     match sup.status(&name) {
         Ok(v) => Json(v).into_response(),
         Err(e) => command_error(e),
     }
 }
 
-async fn offsets(State(sup): State<Supervisor>, Path(name): Path<String>) -> Response {
+async fn offsets(State(sup): State<Supervisor>, Name(name): Name) -> Response {
     match sup.offsets(&name).await {
         Ok(v) => Json(json!({ "offsets": v })).into_response(),
         Err(e) => command_error(e),
     }
 }
 
-async fn reset_offsets(State(sup): State<Supervisor>, Path(name): Path<String>) -> Response {
+async fn reset_offsets(State(sup): State<Supervisor>, Name(name): Name) -> Response {
     match sup.reset_offsets(&name) {
         Ok(()) => Json(json!({ "name": name, "offsets": [] })).into_response(),
         Err(e) => command_error(e),
@@ -130,7 +150,7 @@ async fn reset_offsets(State(sup): State<Supervisor>, Path(name): Path<String>) 
 
 async fn patch_offsets(
     State(sup): State<Supervisor>,
-    Path(name): Path<String>,
+    Name(name): Name,
     body: Result<Json<OffsetsPatch>, JsonRejection>,
 ) -> Response {
     let patch = match body {
@@ -157,19 +177,19 @@ fn accepted(sup: &Supervisor, name: &str, command: Command) -> Response {
     }
 }
 
-async fn stop(State(sup): State<Supervisor>, Path(name): Path<String>) -> Response {
+async fn stop(State(sup): State<Supervisor>, Name(name): Name) -> Response {
     accepted(&sup, &name, Command::Stop)
 }
 
-async fn pause(State(sup): State<Supervisor>, Path(name): Path<String>) -> Response {
+async fn pause(State(sup): State<Supervisor>, Name(name): Name) -> Response {
     accepted(&sup, &name, Command::Pause)
 }
 
-async fn resume(State(sup): State<Supervisor>, Path(name): Path<String>) -> Response {
+async fn resume(State(sup): State<Supervisor>, Name(name): Name) -> Response {
     accepted(&sup, &name, Command::Resume)
 }
 
-async fn restart(State(sup): State<Supervisor>, Path(name): Path<String>) -> Response {
+async fn restart(State(sup): State<Supervisor>, Name(name): Name) -> Response {
     accepted(&sup, &name, Command::Restart)
 }
 
