@@ -88,14 +88,31 @@ fuzz_target!(|input: Input| {
     };
     let app = admin::app(supervisor().clone(), Some(TOKEN.to_string()));
     runtime().block_on(async move {
-        let response = app.oneshot(request).await.expect("the router is infallible");
+        let response = app
+            .oneshot(request)
+            .await
+            .expect("the router is infallible");
         let status = response.status();
-        assert!(!status.is_server_error(), "{method} {}: {status}", input.path);
+        assert!(
+            !status.is_server_error(),
+            "{method} {}: {status}",
+            input.path
+        );
         let mutating = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
         if mutating && !authorized {
-            assert_eq!(status.as_u16(), 401, "{method} {} without the token", input.path);
+            assert_eq!(
+                status.as_u16(),
+                401,
+                "{method} {} without the token",
+                input.path
+            );
         }
-        let body = response.into_body().collect().await.expect("a body").to_bytes();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("a body")
+            .to_bytes();
         if (status.is_client_error()) && method != Method::HEAD {
             let v: serde_json::Value = serde_json::from_slice(&body)
                 .unwrap_or_else(|e| panic!("{status} body is not JSON ({e}): {body:?}"));

@@ -30,12 +30,18 @@ fuzz_target!(|data: &[u8]| {
     let path = Path::new("fuzz.yaml");
     match PipelineFile::parse(path, text, env) {
         Ok(file) => {
-            assert!(!file.spec.name.is_empty(), "a pipeline without a name was accepted");
+            assert!(
+                !file.spec.name.is_empty(),
+                "a pipeline without a name was accepted"
+            );
         }
         Err(d) => {
             assert_eq!(d.file, path);
             // Line breaks as YAML counts them (the loader turns CR and CRLF into LF first).
-            let breaks = text.replace("\r\n", "\n").matches(['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}']).count();
+            let breaks = text
+                .replace("\r\n", "\n")
+                .matches(['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}'])
+                .count();
             let lines = breaks + 1;
             if let Some(line) = d.line {
                 assert!(line >= 1 && line <= lines, "line {line} of {lines}: {d}");

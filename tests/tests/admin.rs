@@ -564,7 +564,13 @@ fn a_file_put_back_while_its_pipeline_drains_for_removal_runs_again() {
         "records of the new version",
         LONG,
         || s.read("out.jsonl").contains(r#""tag":"v2""#),
-        || format!("{}\n{}", admin.get("/pipelines").body, s.tail("host.log", 20)),
+        || {
+            format!(
+                "{}\n{}",
+                admin.get("/pipelines").body,
+                s.tail("host.log", 20)
+            )
+        },
     );
     assert_eq!(admin.state("c"), "RUNNING");
     signal(&host, libc::SIGTERM);

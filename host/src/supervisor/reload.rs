@@ -125,7 +125,12 @@ impl Supervisor {
     /// A pipeline draining for removal whose file is back: it gets the new definition and its
     /// driver runs it instead of removing it. Gives the definition back when the driver has
     /// removed the pipeline already (then it starts anew).
-    fn keep(&self, m: &super::Managed, file: PipelineFile, stages: Vec<ResolvedStage>) -> Option<Loaded> {
+    fn keep(
+        &self,
+        m: &super::Managed,
+        file: PipelineFile,
+        stages: Vec<ResolvedStage>,
+    ) -> Option<Loaded> {
         let pipelines = self.inner.pipelines.lock().expect("pipelines");
         let present = pipelines
             .get(&m.name)
