@@ -291,53 +291,44 @@ macro_rules! export_plugin {
     ($builder:expr) => {
         // What abi_stable's `#[export_root_module]` generates, spelled through `$crate` so that
         // a plugin crate needs no direct dependency on abi_stable.
-        #[export_name = "_1as_0lib_1header_0root_bmodule_bloader"]
-        pub static __ORBIT_PLUGIN_LIB_HEADER: $crate::abi_stable::library::LibHeader = {
-            extern "C" fn erased_root_module() -> $crate::abi_stable::library::RootModuleResult {
-                $crate::abi_stable::library::__call_root_module_loader(|| {
-                    $crate::__root_module(|| $builder)
-                })
+        $crate::__export_module!(
+            "_1as_0lib_1header_0root_bmodule_bloader",
+            __ORBIT_PLUGIN_LIB_HEADER,
+            $crate::ffi::PluginModuleRef,
+            $crate::__root_module(|| $builder)
+        );
+        // The capabilities added after plugin-api 0.1.0, each under a symbol of its own (see
+        // `ffi::ext`, `ffi::metrics`): a host looks them up and falls back when a library
+        // lacks one.
+        $crate::__export_module!(
+            "orbit_plugin_ext_v1",
+            __ORBIT_PLUGIN_EXT_HEADER,
+            $crate::ffi::PluginExtRef,
+            $crate::__ext_module(|| $builder)
+        );
+        $crate::__export_module!(
+            "orbit_plugin_ext_v2",
+            __ORBIT_PLUGIN_EXT_V2_HEADER,
+            $crate::ffi::PluginExtV2Ref,
+            $crate::__ext_v2_module(|| $builder)
+        );
+    };
+}
+
+/// One root module's `LibHeader` static under `symbol`, checked by layout when loaded. Used by
+/// [`export_plugin!`]; not part of the public API.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_module {
+    ($symbol:literal, $static:ident, $module:ty, $make:expr) => {
+        #[export_name = $symbol]
+        pub static $static: $crate::abi_stable::library::LibHeader = {
+            extern "C" fn erased() -> $crate::abi_stable::library::RootModuleResult {
+                $crate::abi_stable::library::__call_root_module_loader(|| $make)
             }
             unsafe {
-                $crate::abi_stable::library::LibHeader::from_constructor::<
-                    $crate::ffi::PluginModuleRef,
-                >(
-                    erased_root_module,
-                    $crate::abi_stable::library::CheckTypeLayout::Yes,
-                )
-            }
-        };
-        // The capabilities added after plugin-api 0.1.0, under a symbol of their own (see
-        // `ffi::ext`): a host looks it up and falls back when a library lacks it.
-        #[export_name = "orbit_plugin_ext_v1"]
-        pub static __ORBIT_PLUGIN_EXT_HEADER: $crate::abi_stable::library::LibHeader = {
-            extern "C" fn erased_ext_module() -> $crate::abi_stable::library::RootModuleResult {
-                $crate::abi_stable::library::__call_root_module_loader(|| {
-                    $crate::__ext_module(|| $builder)
-                })
-            }
-            unsafe {
-                $crate::abi_stable::library::LibHeader::from_constructor::<
-                    $crate::ffi::PluginExtRef,
-                >(
-                    erased_ext_module,
-                    $crate::abi_stable::library::CheckTypeLayout::Yes,
-                )
-            }
-        };
-        // Plugin metrics (plugin-api 0.1.2, see `ffi::metrics`), under a symbol of their own.
-        #[export_name = "orbit_plugin_ext_v2"]
-        pub static __ORBIT_PLUGIN_EXT_V2_HEADER: $crate::abi_stable::library::LibHeader = {
-            extern "C" fn erased_ext_v2_module() -> $crate::abi_stable::library::RootModuleResult {
-                $crate::abi_stable::library::__call_root_module_loader(|| {
-                    $crate::__ext_v2_module(|| $builder)
-                })
-            }
-            unsafe {
-                $crate::abi_stable::library::LibHeader::from_constructor::<
-                    $crate::ffi::PluginExtV2Ref,
-                >(
-                    erased_ext_v2_module,
+                $crate::abi_stable::library::LibHeader::from_constructor::<$module>(
+                    erased,
                     $crate::abi_stable::library::CheckTypeLayout::Yes,
                 )
             }
