@@ -2,6 +2,7 @@
 //! directory, wait for conditions with a deadline (never a bare sleep), read outputs.
 
 pub mod admin;
+pub mod pg;
 pub mod raw_http;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,124 @@
+//! A change → a record: key = the primary key as a JSON object, value = the change event
+//! `{event_id, timestamp, operation, table, row_id, new_values, old_values, transaction_id,
+//! lsn}`, headers `table`, `operation`, `lsn`; the record's stream is the table.
+
+use orbit_plugin_api::Record;
+use serde_json::{Map, Value};
+
+use super::decode::{Col, OldKind, Relation};
+use super::lsn::{fmt_lsn, Offset};
+use super::types::{col_to_json, UNCHANGED_TOAST};
+
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
+const PG_EPOCH_MS: i64 = 946_684_800_000;
+
+pub fn pg_time_to_ms(micros: i64) -> i64 {
+    micros.div_euclid(1000) + PG_EPOCH_MS
+}
+
+/// One change, before it becomes a record.
+pub struct Change<'a> {
+    pub table: &'a str,
+    pub key: &'a [String],
+    pub operation: &'static str,
+    pub new: Option<Map<String, Value>>,
+    pub old: Option<Map<String, Value>>,
+    pub xid: Option<u32>,
+    /// The change's own LSN (the event's `lsn`).
+    pub lsn: u64,
+    pub event_id: String,
+    pub timestamp_ms: i64,
+}
+
+/// A tuple as a JSON object. `only_key`: the old key tuple of a DEFAULT replica identity,
+/// whose non-key columns are empty and left out. Unchanged TOAST values are taken from
+/// `fill` (the old row under REPLICA IDENTITY FULL) when it has them, else the placeholder.
+pub fn values(
+    rel: &Relation,
+    cols: &[Col],
+    only_key: bool,
+    fill: Option<&Map<String, Value>>,
+) -> Map<String, Value> {
+    let mut m = Map::with_capacity(cols.len());
+    for (c, v) in rel.columns.iter().zip(cols) {
+        if only_key && !c.is_key {
+            continue;
+        }
+        let mut value = col_to_json(c.type_oid, v);
+        if matches!(v, Col::Unchanged) {
+            if let Some(old) = fill
+                .and_then(|f| f.get(&c.name))
+                .filter(|o| o.as_str() != Some(UNCHANGED_TOAST))
+            {
+                value = old.clone();
+            }
+        }
+        m.insert(c.name.clone(), value);
+    }
+    m
+}
+
+/// The old tuple of an update or delete.
+pub fn old_values(rel: &Relation, old: &(OldKind, Vec<Col>)) -> Map<String, Value> {
+    values(rel, &old.1, old.0 == OldKind::Key, None)
+}
+
+impl Change<'_> {
+    pub fn into_record(self, offset: Offset) -> Record {
+        let source = match (&self.new, &self.old) {
+            (Some(n), _) if self.operation != "delete" => Some(n),
+            (_, Some(o)) => Some(o),
+            (Some(n), None) => Some(n),
+            (None, None) => None,
+        };
+        let key: Option<Map<String, Value>> = source.filter(|_| !self.key.is_empty()).map(|row| {
+            self.key
+                .iter()
+                .map(|k| (k.clone(), row.get(k).cloned().unwrap_or(Value::Null)))
+                .collect()
+        });
+        let row_id = key.as_ref().map(|k| {
+            if k.len() == 1 {
+                match k.values().next() {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(v) => v.to_string(),
+                    None => String::new(),
+                }
+            } else {
+                Value::Array(k.values().cloned().collect()).to_string()
+            }
+        });
+        let lsn = fmt_lsn(self.lsn);
+        let mut event = Map::with_capacity(9);
+        event.insert("event_id".into(), Value::String(self.event_id));
+        event.insert("timestamp".into(), Value::from(self.timestamp_ms));
+        event.insert("operation".into(), Value::String(self.operation.into()));
+        event.insert("table".into(), Value::String(self.table.into()));
+        event.insert("row_id".into(), row_id.map_or(Value::Null, Value::String));
+        event.insert(
+            "new_values".into(),
+            self.new.map_or(Value::Null, Value::Object),
+        );
+        event.insert(
+            "old_values".into(),
+            self.old.map_or(Value::Null, Value::Object),
+        );
+        event.insert(
+            "transaction_id".into(),
+            self.xid.map_or(Value::Null, Value::from),
+        );
+        event.insert("lsn".into(), Value::String(lsn.clone()));
+        let value = serde_json::to_vec(&Value::Object(event)).expect("JSON values serialize");
+        let mut record = Record::new(value)
+            .with_timestamp_ms(self.timestamp_ms)
+            .with_header("table", self.table)
+            .with_header("operation", self.operation)
+            .with_header("lsn", lsn)
+            .with_position(self.table, 0, offset.encode());
+        if let Some(k) = key {
+            record = record
+                .with_key(serde_json::to_vec(&Value::Object(k)).expect("JSON values serialize"));
+        }
+        record
+    }
+}

@@ -1,0 +1,208 @@
+//! A record → the row operations it asks for, checked against the table: the record's JSON
+//! object is a row (insert, upsert), or a `postgres_cdc` change event (cdc). Whatever is wrong
+//! with a record is found here, before the database sees it, and rejects that record alone.
+
+use base64::Engine;
+use serde_json::{Map, Value};
+
+use super::config::Mode;
+use super::table::{Kind, Table, BYTEA_OID};
+use crate::cdc::types::UNCHANGED_TOAST;
+
+/// One row operation: the columns it names, in the table's column order.
+#[derive(Debug, PartialEq)]
+pub struct Op {
+    pub kind: Kind,
+    pub row: Map<String, Value>,
+}
+
+impl Op {
+    pub fn columns(&self, table: &Table) -> Vec<String> {
+        table
+            .columns
+            .iter()
+            .filter(|c| self.row.contains_key(&c.name))
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
+    /// The key's values as text, to tell two operations on the same row apart.
+    pub fn key_text(&self, table: &Table) -> String {
+        let key: Vec<&Value> = table
+            .key
+            .iter()
+            .map(|k| self.row.get(k).unwrap_or(&Value::Null))
+            .collect();
+        serde_json::to_string(&key).unwrap_or_default()
+    }
+}
+
+/// The operations for one record, or why the record is refused.
+pub fn plan(
+    mode: Mode,
+    table: &Table,
+    ignore_unknown: bool,
+    value: &[u8],
+) -> Result<Vec<Op>, String> {
+    let json: Value =
+        serde_json::from_slice(value).map_err(|e| format!("the value is not JSON: {e}"))?;
+    let Value::Object(obj) = json else {
+        return Err("the value is not a JSON object".into());
+    };
+    match mode {
+        Mode::Insert => Ok(vec![Op {
+            kind: Kind::Insert,
+            row: row(table, obj, ignore_unknown)?,
+        }]),
+        Mode::Upsert => {
+            let row = row(table, obj, ignore_unknown)?;
+            require_key(table, &row)?;
+            Ok(vec![Op {
+                kind: Kind::Upsert,
+                row,
+            }])
+        }
+        Mode::Cdc => change(table, obj, ignore_unknown),
+    }
+}
+
+fn change(
+    table: &Table,
+    mut event: Map<String, Value>,
+    ignore_unknown: bool,
+) -> Result<Vec<Op>, String> {
+    let operation = match event.get("operation") {
+        Some(Value::String(s)) => s.clone(),
+        _ => {
+            return Err(
+                "not a change event: no `operation` (mode cdc applies postgres_cdc events)".into(),
+            )
+        }
+    };
+    let mut values = |field: &str| -> Result<Option<Map<String, Value>>, String> {
+        match event.remove(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Object(m)) => {
+                let m = m
+                    .into_iter()
+                    .filter(|(_, v)| v.as_str() != Some(UNCHANGED_TOAST))
+                    .collect();
+                row(table, m, ignore_unknown).map(Some)
+            }
+            Some(_) => Err(format!("`{field}` is not a JSON object")),
+        }
+    };
+    let new = values("new_values")?;
+    let old = values("old_values")?;
+    let key_of = |m: &Map<String, Value>| -> Map<String, Value> {
+        table
+            .key
+            .iter()
+            .filter_map(|k| m.get(k).map(|v| (k.clone(), v.clone())))
+            .collect()
+    };
+    match operation.as_str() {
+        "insert" | "read" | "update" => {
+            let new = new.ok_or_else(|| format!("a `{operation}` event without `new_values`"))?;
+            require_key(table, &new)?;
+            let mut ops = Vec::new();
+            if let Some(old) = old.as_ref().map(key_of).filter(|k| !k.is_empty()) {
+                if old != key_of(&new) {
+                    require_key(table, &old)?;
+                    ops.push(Op {
+                        kind: Kind::Delete,
+                        row: old,
+                    });
+                }
+            }
+            ops.push(Op {
+                kind: Kind::Upsert,
+                row: new,
+            });
+            Ok(ops)
+        }
+        "delete" => {
+            let old = old.ok_or("a `delete` event without `old_values`")?;
+            let key = key_of(&old);
+            require_key(table, &key)?;
+            Ok(vec![Op {
+                kind: Kind::Delete,
+                row: key,
+            }])
+        }
+        "truncate" => Ok(vec![Op {
+            kind: Kind::Truncate,
+            row: Map::new(),
+        }]),
+        other => Err(format!(
+            "unknown operation `{other}` (expected insert, update, delete, truncate or read)"
+        )),
+    }
+}
+
+/// The JSON object as a row of the table: unknown fields refused (or dropped), bytea given as
+/// base64 turned into PostgreSQL's hex input.
+fn row(
+    table: &Table,
+    obj: Map<String, Value>,
+    ignore_unknown: bool,
+) -> Result<Map<String, Value>, String> {
+    let mut out = Map::with_capacity(obj.len());
+    let mut unknown = Vec::new();
+    for (name, value) in obj {
+        let Some(col) = table.column(&name) else {
+            unknown.push(name);
+            continue;
+        };
+        let value = match value {
+            Value::String(s) if col.type_oid == BYTEA_OID && !s.starts_with("\\x") => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(s.as_bytes())
+                    .map_err(|e| {
+                        format!("column `{name}` is bytea and its value is not base64: {e}")
+                    })?;
+                let mut hex = String::with_capacity(2 + bytes.len() * 2);
+                hex.push_str("\\x");
+                for b in bytes {
+                    hex.push_str(&format!("{b:02x}"));
+                }
+                Value::String(hex)
+            }
+            v => v,
+        };
+        out.insert(name, value);
+    }
+    if !unknown.is_empty() && !ignore_unknown {
+        return Err(format!(
+            "field(s) {} are not columns of {}; add the columns, drop the fields with a transform, or set ignore_unknown_fields: true",
+            unknown.iter().map(|u| format!("`{u}`")).collect::<Vec<_>>().join(", "),
+            table.quoted
+        ));
+    }
+    if out.is_empty() {
+        return Err(format!(
+            "no field of the record is a column of {}",
+            table.quoted
+        ));
+    }
+    Ok(out)
+}
+
+fn require_key(table: &Table, row: &Map<String, Value>) -> Result<(), String> {
+    if table.key.is_empty() {
+        return Err(format!(
+            "{} has no primary key: give `key:` (the columns that identify a row)",
+            table.quoted
+        ));
+    }
+    let missing: Vec<&String> = table
+        .key
+        .iter()
+        .filter(|k| row.get(*k).is_none_or(Value::is_null))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("the key column(s) {missing:?} have no value"))
+    }
+}

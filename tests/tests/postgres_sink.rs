@@ -1,0 +1,201 @@
+//! The `postgres` sink against the real PostgreSQL on 127.0.0.1:5432, results read back with an
+//! independent client (the `postgres` crate).
+
+use orbit_e2e::pg::{self, Cleanup};
+use orbit_e2e::*;
+use serde_json::Value;
+
+fn rows(c: &mut postgres::Client, sql: &str) -> Vec<String> {
+    c.query(sql, &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect()
+}
+
+#[test]
+fn inserts_commit_and_each_refused_row_is_dead_lettered_alone_with_the_database_message() {
+    let _server = pg::shared();
+    let mut c = pg::client();
+    let t = pg::unique("sink_ins");
+    let _clean = Cleanup::tables(&[&t]);
+    c.batch_execute(&format!(
+        "CREATE TABLE {t} (id int PRIMARY KEY, name text NOT NULL, qty int CHECK (qty >= 0), \
+         tags text[], doc jsonb, raw bytea, at timestamptz); INSERT INTO {t} VALUES (5, 'already', 1)"
+    ))
+    .unwrap();
+    let s = Scratch::new();
+    let mut input = Vec::new();
+    for i in 0..20 {
+        let row = match i {
+            5 => r#"{"id":5,"name":"duplicate key"}"#.to_string(),
+            9 => r#"{"id":9,"name":null}"#.to_string(),
+            13 => r#"{"id":13,"name":"negative","qty":-1}"#.to_string(),
+            17 => r#"{"id":17,"name":"unknown field","colour":"red"}"#.to_string(),
+            _ => format!(
+                r#"{{"id":{i},"name":"n{i}","qty":{i},"tags":["a","b c"],"doc":{{"k":{i}}},"raw":"AP8Q","at":"2024-05-01T12:34:56.5Z"}}"#
+            ),
+        };
+        input.push(row);
+    }
+    s.write("in.jsonl", &(input.join("\n") + "\n"));
+    s.write(
+        "p.yaml",
+        &format!(
+            "name: pg-insert
+source: {{ plugin: file, config: {{ path: in.jsonl }} }}
+sink: {{ plugin: postgres, config: {{ url: \"{}\", table: public.{t}, mode: insert }} }}
+batch: {{ max_records: 8 }}
+errors:
+  tolerance: all
+  dead_letter: {{ plugin: file, config: {{ path: dlq.jsonl, format: envelope }} }}
+",
+            pg::URL
+        ),
+    );
+    let out = s.run(&["p.yaml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ids: Vec<String> = rows(&mut c, &format!("SELECT id::text FROM {t} x ORDER BY x.id"));
+    let expected: Vec<String> = (0..20)
+        .filter(|i| ![9, 13, 17].contains(i))
+        .map(|i| i.to_string())
+        .collect();
+    assert_eq!(
+        ids, expected,
+        "every good row written once, the refused ones not"
+    );
+    assert_eq!(
+        rows(&mut c, &format!("SELECT name FROM {t} WHERE id = 5")),
+        ["already"],
+        "the duplicate did not overwrite the row"
+    );
+    // Values arrive typed: arrays, JSON, base64 bytea, timestamps.
+    assert_eq!(
+        rows(&mut c, &format!("SELECT concat_ws('|', tags::text, doc::text, encode(raw, 'hex'), at AT TIME ZONE 'UTC') FROM {t} WHERE id = 3")),
+        [r#"{a,"b c"}|{"k": 3}|00ff10|2024-05-01 12:34:56.5"#]
+    );
+    let dlq: Vec<Value> = s
+        .lines("dlq.jsonl")
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(dlq.len(), 4, "{dlq:#?}");
+    let all = serde_json::to_string(&dlq).unwrap();
+    for needle in [
+        "duplicate key value",
+        "not-null constraint",
+        "check constraint",
+        "colour",
+    ] {
+        assert!(
+            all.contains(needle),
+            "no `{needle}` in the dead letters: {all}"
+        );
+    }
+}
+
+#[test]
+fn upsert_and_cdc_modes_apply_changes_so_rows_end_as_the_last_change_says() {
+    let _server = pg::shared();
+    let mut c = pg::client();
+    let t = pg::unique("sink_cdc");
+    let _clean = Cleanup::tables(&[&t]);
+    c.batch_execute(&format!(
+        "CREATE TABLE {t} (id int PRIMARY KEY, v text, n int)"
+    ))
+    .unwrap();
+    let s = Scratch::new();
+    let ev = |op: &str, new: &str, old: &str| {
+        format!(
+            r#"{{"operation":"{op}","table":"public.x","new_values":{new},"old_values":{old}}}"#
+        )
+    };
+    let events = [
+        ev("read", r#"{"id":1,"v":"a","n":1}"#, "null"),
+        ev("insert", r#"{"id":2,"v":"b","n":2}"#, "null"),
+        ev("update", r#"{"id":1,"v":"a2","n":10}"#, r#"{"id":1}"#),
+        ev(
+            "update",
+            r#"{"id":1,"v":"a3","n":"__orbit_unchanged_toast__"}"#,
+            r#"{"id":1}"#,
+        ),
+        ev("insert", r#"{"id":3,"v":"c","n":3}"#, "null"),
+        ev("update", r#"{"id":4,"v":"c","n":3}"#, r#"{"id":3}"#),
+        ev("delete", "null", r#"{"id":2}"#),
+        ev("truncate", "null", "null"),
+        ev("insert", r#"{"id":7,"v":"after","n":7}"#, "null"),
+        ev("update", r#"{"id":7,"v":"after2","n":8}"#, r#"{"id":7}"#),
+        ev("insert", r#"{"id":8,"v":"x","n":8}"#, "null"),
+        ev("update", r#"{"id":9,"v":"moved","n":8}"#, r#"{"id":8}"#),
+        ev(
+            "update",
+            r#"{"id":10,"v":"moved again","n":8}"#,
+            r#"{"id":9}"#,
+        ),
+        ev("insert", r#"{"id":1,"v":"a4","n":1}"#, "null"),
+        ev(
+            "update",
+            r#"{"id":1,"v":"a5","n":"__orbit_unchanged_toast__"}"#,
+            r#"{"id":1}"#,
+        ),
+    ];
+    s.write("in.jsonl", &(events.join("\n") + "\n"));
+    s.write(
+        "p.yaml",
+        &format!(
+            "name: pg-cdc\nsource: {{ plugin: file, config: {{ path: in.jsonl }} }}\n\
+             sink: {{ plugin: postgres, config: {{ url: \"{}\", table: {t}, mode: cdc }} }}\nbatch: {{ max_records: 100 }}\n",
+            pg::URL
+        ),
+    );
+    let out = s.run(&["p.yaml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        rows(
+            &mut c,
+            &format!("SELECT concat_ws(',', id, v, n) FROM {t} ORDER BY id")
+        ),
+        ["1,a5,1", "7,after2,8", "10,moved again,8"]
+    );
+}
+
+#[test]
+fn a_missing_table_or_a_server_that_is_down_is_named_without_the_password() {
+    let _server = pg::shared();
+    let s = Scratch::new();
+    s.write("in.jsonl", "{\"id\":1}\n");
+    s.write(
+        "missing.yaml",
+        &format!(
+            "name: pg-missing\nsource: {{ plugin: file, config: {{ path: in.jsonl }} }}\n\
+             sink: {{ plugin: postgres, config: {{ url: \"postgres://postgres:hunter2secret@127.0.0.1:5432/test\", table: no_such_table_here }} }}\n"
+        ),
+    );
+    let out = s.run(&["missing.yaml"]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("no_such_table_here") && err.contains("does not exist"),
+        "{err}"
+    );
+    assert!(err.contains("create the table"), "{err}");
+    assert!(!err.contains("hunter2secret"), "{err}");
+
+    let port = free_port();
+    s.write(
+        "down.yaml",
+        &format!(
+            "name: pg-down\nsource: {{ plugin: file, config: {{ path: in.jsonl }} }}\n\
+             sink: {{ plugin: postgres, config: {{ url: \"postgres://postgres:hunter2secret@127.0.0.1:{port}/test\", table: t, connect_timeout: 1s }}, \
+             policy: {{ retry: {{ max_attempts: 2, initial_backoff: 10ms }} }} }}\n"
+        ),
+    );
+    let out = s.run(&["down.yaml"]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) || err.contains("connect"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2secret"), "{err}");
+}
