@@ -278,3 +278,104 @@ fn an_initial_snapshot_taken_while_writing_replays_into_the_same_table() {
         "the writer's changes after the snapshot point were streamed"
     );
 }
+
+#[test]
+fn a_missing_table_a_table_without_key_a_busy_slot_and_a_bad_login_are_named_with_what_to_do() {
+    let _server = pg::shared();
+    let mut c = pg::client();
+    let (t, nopk, slot) = (
+        pg::unique("cdc_ok"),
+        pg::unique("cdc_nopk"),
+        pg::unique("orbit_err"),
+    );
+    let _clean = Cleanup::cdc(&slot, &[&t, &nopk]);
+    c.batch_execute(&format!(
+        "CREATE TABLE {t} (id int PRIMARY KEY); CREATE TABLE {nopk} (v int)"
+    ))
+    .unwrap();
+    let s = Scratch::new();
+
+    cdc_pipeline(
+        &s,
+        "cdc-missing",
+        &slot,
+        &["no_such_cdc_table"],
+        ", snapshot: never",
+        FILE_SINK,
+    );
+    let err = text(&s.run(&["p.yaml"]).stderr);
+    assert!(
+        err.contains("public.no_such_cdc_table") && err.contains("does not exist"),
+        "{err}"
+    );
+
+    cdc_pipeline(
+        &s,
+        "cdc-nopk",
+        &slot,
+        &[&nopk],
+        ", snapshot: never",
+        FILE_SINK,
+    );
+    let err = text(&s.run(&["p.yaml"]).stderr);
+    assert!(
+        err.contains(&nopk)
+            && err.contains("REPLICA IDENTITY FULL")
+            && err.contains("operations: [insert]"),
+        "{err}"
+    );
+
+    s.write(
+        "login.yaml",
+        &format!(
+            "name: cdc-login\nsource: {{ plugin: postgres_cdc, config: {{ url: \"postgres://no_such_role_x:s3cretpw@127.0.0.1:5432/test\", tables: [public.{t}], slot: {slot} }} }}\nsink: {FILE_SINK}\n"
+        ),
+    );
+    let err = text(&s.run(&["login.yaml"]).stderr);
+    assert!(
+        err.contains("no_such_role_x") && err.contains("check the user and password"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cretpw"), "{err}");
+
+    // Two pipelines on one slot: the second is told who holds it, and keeps retrying.
+    cdc_pipeline(&s, "cdc-busy", &slot, &[&t], ", snapshot: never", FILE_SINK);
+    let _first = KillOnDrop(s.spawn_logged_in("first-state", &["p.yaml"], "first.log"));
+    wait_for("the slot to be active", Duration::from_secs(60), || {
+        c.query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+            &[&slot],
+        )
+        .unwrap()
+        .get::<_, i64>(0)
+            == 1
+    });
+    let _second = KillOnDrop(s.spawn_logged_in("second-state", &["p.yaml"], "second.log"));
+    wait_for_explained(
+        "the second host to name the busy slot",
+        Duration::from_secs(60),
+        || {
+            s.read("second.log")
+                .contains("is in use by another connection")
+        },
+        || s.tail("second.log", 20),
+    );
+
+    // The slot's lag and confirmed position are the plugin's metrics.
+    c.batch_execute(&format!("INSERT INTO {t} VALUES (1)"))
+        .unwrap();
+    let admin = orbit_e2e::admin::Admin::from_log(&s, "first.log");
+    wait_for("the slot metrics", Duration::from_secs(60), || {
+        let m = admin.metrics();
+        m.value(
+            "orbit_plugin_postgres_slot_lag_bytes",
+            &[("pipeline", "cdc-busy")],
+        )
+        .is_some()
+            && m.value(
+                "orbit_plugin_postgres_confirmed_flush_lsn",
+                &[("pipeline", "cdc-busy")],
+            )
+            .is_some_and(|v| v > 0.0)
+    });
+}

@@ -166,10 +166,8 @@ fn a_missing_table_or_a_server_that_is_down_is_named_without_the_password() {
     s.write("in.jsonl", "{\"id\":1}\n");
     s.write(
         "missing.yaml",
-        &format!(
-            "name: pg-missing\nsource: {{ plugin: file, config: {{ path: in.jsonl }} }}\n\
-             sink: {{ plugin: postgres, config: {{ url: \"postgres://postgres:hunter2secret@127.0.0.1:5432/test\", table: no_such_table_here }} }}\n"
-        ),
+        "name: pg-missing\nsource: { plugin: file, config: { path: in.jsonl } }\n\
+         sink: { plugin: postgres, config: { url: \"postgres://postgres:hunter2secret@127.0.0.1:5432/test\", table: no_such_table_here } }\n",
     );
     let out = s.run(&["missing.yaml"]);
     let err = text(&out.stderr);
