@@ -169,14 +169,20 @@ impl PgCdcSource {
         if let Some(last) = phase.held.take() {
             emit(last, true, &phase, &mut out);
         }
-        phase.reader.finish(&url).await?;
-        phase
-            .client
-            .start()
-            .await
-            .map_err(|e| self.replication_error(&e))?;
+        // The rows are out: nothing may fail this poll now. The slot keeps every change from
+        // its consistent point, so if the gated session cannot start, a fresh one streams
+        // from the same place.
+        if let Err(e) = phase.reader.finish(&url).await {
+            tracing::debug!(error = %e.message(), "ending the snapshot transaction");
+        }
+        match phase.client.start().await {
+            Ok(()) => self.stream.client = Some(phase.client),
+            Err(e) => tracing::warn!(
+                error = %self.replication_error(&e).message(),
+                "starting the stream after the snapshot failed: reconnecting"
+            ),
+        }
         tracing::info!(slot = %self.slot, "snapshot read: streaming changes");
-        self.stream.client = Some(phase.client);
         Ok(out)
     }
 

@@ -206,3 +206,101 @@ fn require_key(table: &Table, row: &Map<String, Value>) -> Result<(), String> {
         Err(format!("the key column(s) {missing:?} have no value"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn table() -> Table {
+        Table::for_test(&[("id", 23), ("v", 25), ("raw", BYTEA_OID)], &["id"])
+    }
+
+    fn ops(mode: Mode, value: Value) -> Result<Vec<(Kind, Value)>, String> {
+        let planned = plan(mode, &table(), false, value.to_string().as_bytes())?;
+        Ok(planned
+            .into_iter()
+            .map(|o| (o.kind, Value::Object(o.row)))
+            .collect())
+    }
+
+    #[test]
+    fn change_events_become_row_operations() {
+        let ev = |op: &str, new: Value, old: Value| json!({"operation": op, "new_values": new, "old_values": old});
+        assert_eq!(
+            ops(
+                Mode::Cdc,
+                ev("read", json!({"id": 1, "v": "a"}), Value::Null)
+            ),
+            Ok(vec![(Kind::Upsert, json!({"id": 1, "v": "a"}))])
+        );
+        // A key change deletes the old row first.
+        assert_eq!(
+            ops(
+                Mode::Cdc,
+                ev("update", json!({"id": 2, "v": "a"}), json!({"id": 1}))
+            ),
+            Ok(vec![
+                (Kind::Delete, json!({"id": 1})),
+                (Kind::Upsert, json!({"id": 2, "v": "a"}))
+            ])
+        );
+        // An unchanged TOAST value is left out: the column keeps its value.
+        assert_eq!(
+            ops(
+                Mode::Cdc,
+                ev(
+                    "update",
+                    json!({"id": 1, "v": UNCHANGED_TOAST}),
+                    json!({"id": 1})
+                )
+            ),
+            Ok(vec![(Kind::Upsert, json!({"id": 1}))])
+        );
+        // A delete by the old key, whatever else the old row holds.
+        assert_eq!(
+            ops(
+                Mode::Cdc,
+                ev("delete", Value::Null, json!({"id": 3, "v": "x"}))
+            ),
+            Ok(vec![(Kind::Delete, json!({"id": 3}))])
+        );
+        assert_eq!(
+            ops(Mode::Cdc, ev("truncate", Value::Null, Value::Null)),
+            Ok(vec![(Kind::Truncate, json!({}))])
+        );
+        assert!(ops(Mode::Cdc, ev("merge", Value::Null, Value::Null))
+            .unwrap_err()
+            .contains("unknown operation"));
+        assert!(ops(Mode::Cdc, json!({"id": 1}))
+            .unwrap_err()
+            .contains("not a change event"));
+        assert!(ops(Mode::Cdc, ev("delete", Value::Null, Value::Null)).is_err());
+    }
+
+    #[test]
+    fn rows_are_checked_against_the_table() {
+        assert_eq!(
+            ops(Mode::Insert, json!({"id": 1, "raw": "AP8Q"})),
+            Ok(vec![(Kind::Insert, json!({"id": 1, "raw": "\\x00ff10"}))]),
+            "bytea given as base64 goes in as hex"
+        );
+        let e = ops(Mode::Insert, json!({"id": 1, "colour": "red"})).unwrap_err();
+        assert!(
+            e.contains("`colour`") && e.contains("ignore_unknown_fields"),
+            "{e}"
+        );
+        assert!(ops(Mode::Upsert, json!({"v": "no key"}))
+            .unwrap_err()
+            .contains("key"));
+        assert!(ops(Mode::Insert, json!([1, 2]))
+            .unwrap_err()
+            .contains("not a JSON object"));
+        assert!(ops(Mode::Insert, json!({"id": 1, "raw": "not base64!"}))
+            .unwrap_err()
+            .contains("base64"));
+        let t = table();
+        let kept = plan(Mode::Insert, &t, true, br#"{"id":1,"colour":"red"}"#).unwrap();
+        assert_eq!(Value::Object(kept[0].row.clone()), json!({"id": 1}));
+    }
+}

@@ -98,6 +98,23 @@ impl Table {
         })
     }
 
+    /// A table as `describe` would read it, for tests.
+    #[cfg(test)]
+    pub fn for_test(columns: &[(&str, u32)], key: &[&str]) -> Table {
+        Table {
+            quoted: "\"public\".\"t\"".into(),
+            columns: columns
+                .iter()
+                .map(|(n, t)| Column {
+                    name: n.to_string(),
+                    type_oid: *t,
+                })
+                .collect(),
+            key: key.iter().map(|k| k.to_string()).collect(),
+            statements: HashMap::new(),
+        }
+    }
+
     pub fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name == name)
     }
