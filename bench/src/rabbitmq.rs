@@ -7,6 +7,9 @@
 //!
 //! Prints messages per second, connecting included (as in Orbit's own figure).
 
+#[path = "rt.rs"]
+mod rt;
+
 use std::collections::VecDeque;
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -22,18 +25,7 @@ fn main() {
     // LAPIN_WORKERS=N runs lapin on a multi-thread runtime with N workers (the consumer
     // loop on the main thread, as a plugin's calls are), to compare with the default
     // current-thread runtime.
-    let rt = if let Ok(n) = std::env::var("LAPIN_WORKERS") {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n.parse().expect("LAPIN_WORKERS is a number"))
-            .enable_all()
-            .build()
-            .unwrap()
-    } else {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    };
+    let rt = rt::runtime("LAPIN_WORKERS");
     rt.block_on(amain());
 }
 
