@@ -5,7 +5,6 @@
 //! commit. A lost connection fails the whole batch as retriable (nothing of it committed).
 
 mod config;
-mod copy;
 mod plan;
 mod table;
 
@@ -213,9 +212,6 @@ async fn run_refs(
     } else {
         ops[0].columns(table)
     };
-    if kind == Kind::Insert && ops.len() > 1 {
-        return copy::copy_rows(client, table, &cols, ops, url).await;
-    }
     let statement = table.statement(client, kind, &cols, url).await?;
     let result = if kind == Kind::Truncate {
         client.execute(&statement, &[]).await

@@ -14,8 +14,6 @@ pub const BYTEA_OID: u32 = 17;
 pub struct Column {
     pub name: String,
     pub type_oid: u32,
-    /// An array type: JSON arrays become array literals.
-    pub is_array: bool,
 }
 
 pub struct Table {
@@ -47,8 +45,7 @@ impl Table {
         let quoted = format!("{}.{}", quote_ident(schema), quote_ident(table));
         let rows = client
             .query(
-                "SELECT a.attname::text, a.atttypid::int8, t.typcategory = 'A' \
-                 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+                "SELECT a.attname::text, a.atttypid::int8 FROM pg_attribute a \
                  WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 \
                  AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum",
                 &[&quoted],
@@ -69,7 +66,6 @@ impl Table {
             .map(|r| Column {
                 name: r.get(0),
                 type_oid: r.get::<_, i64>(1) as u32,
-                is_array: r.get(2),
             })
             .collect();
         let key = if key.is_empty() {
@@ -112,7 +108,6 @@ impl Table {
                 .map(|(n, t)| Column {
                     name: n.to_string(),
                     type_oid: *t,
-                    is_array: false,
                 })
                 .collect(),
             key: key.iter().map(|k| k.to_string()).collect(),
