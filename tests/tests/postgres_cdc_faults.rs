@@ -250,37 +250,28 @@ fn a_table_mirrored_into_another_database_is_equal_after_50000_mixed_changes() {
     pipeline(&s, "cdc-mirror", &slot, &t, "", &sink);
     let _host = KillOnDrop(s.spawn_logged(&["p.yaml"], "host.log"));
     // 50,000 changes: 30,000 inserts, 10,000 updates, 5,000 key changes, 5,000 deletes.
-    for i in 0..30 {
-        let (lo, hi) = (10_000 + i * 1000, 10_999 + i * 1000);
-        c.batch_execute(&format!(
+    // Each statement its own transaction over `n` consecutive ranges of 1,000 ids.
+    let in_thousands =
+        |c: &mut postgres::Client, n: i64, first: i64, sql: &dyn Fn(i64, i64) -> String| {
+            for i in 0..n {
+                c.batch_execute(&sql(first + i * 1000, first + i * 1000 + 999))
+                    .unwrap();
+            }
+        };
+    in_thousands(&mut c, 30, 10_000, &|lo, hi| {
+        format!(
             "INSERT INTO {t} SELECT i, 'n' || i, i % 97, (i % 1000) / 10.0, ARRAY['a', 'b' || i], jsonb_build_object('i', i), now() FROM generate_series({lo}, {hi}) i"
-        ))
-        .unwrap();
-    }
-    for i in 0..10 {
-        c.batch_execute(&format!(
-            "UPDATE {t} SET qty = qty + 1, doc = doc || '{{\"u\":1}}' WHERE id BETWEEN {} AND {}",
-            10_000 + i * 1000,
-            10_999 + i * 1000
-        ))
-        .unwrap();
-    }
-    for i in 0..5 {
-        c.batch_execute(&format!(
-            "UPDATE {t} SET id = id + 100000 WHERE id BETWEEN {} AND {}",
-            20_000 + i * 1000,
-            20_999 + i * 1000
-        ))
-        .unwrap();
-    }
-    for i in 0..5 {
-        c.batch_execute(&format!(
-            "DELETE FROM {t} WHERE id BETWEEN {} AND {}",
-            30_000 + i * 1000,
-            30_999 + i * 1000
-        ))
-        .unwrap();
-    }
+        )
+    });
+    in_thousands(&mut c, 10, 10_000, &|lo, hi| {
+        format!("UPDATE {t} SET qty = qty + 1, doc = doc || '{{\"u\":1}}' WHERE id BETWEEN {lo} AND {hi}")
+    });
+    in_thousands(&mut c, 5, 20_000, &|lo, hi| {
+        format!("UPDATE {t} SET id = id + 100000 WHERE id BETWEEN {lo} AND {hi}")
+    });
+    in_thousands(&mut c, 5, 30_000, &|lo, hi| {
+        format!("DELETE FROM {t} WHERE id BETWEEN {lo} AND {hi}")
+    });
     let dump = |c: &mut postgres::Client| -> BTreeSet<String> {
         c.query(&format!("SELECT row_to_json(t)::text FROM {t} t"), &[])
             .unwrap()

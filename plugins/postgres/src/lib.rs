@@ -11,6 +11,7 @@
 //!   database refuses is rejected alone (dead-lettered); a lost connection fails the batch as
 //!   retriable. Upsert and cdc modes are idempotent, so a batch written twice is harmless.
 
+mod catalog;
 mod cdc;
 mod client;
 mod sink;

@@ -5,6 +5,8 @@ use std::time::Duration;
 use orbit_plugin_api::ConfigError;
 use serde::Deserialize;
 
+use crate::catalog::{check_table_name, split_table};
+
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
 #[serde(rename_all = "lowercase")]
 pub enum Operation {
@@ -117,11 +119,6 @@ pub fn default_slot(pipeline: &str, stage: &str) -> String {
     s
 }
 
-/// `(schema, table)` of a `tables` entry.
-pub fn split_table(t: &str) -> (&str, &str) {
-    t.split_once('.').unwrap_or(("public", t))
-}
-
 impl CdcConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         crate::client::check_url("url", &self.url)?;
@@ -132,13 +129,7 @@ impl CdcConfig {
             ));
         }
         for (i, t) in self.tables.iter().enumerate() {
-            let parts: Vec<&str> = t.split('.').collect();
-            if parts.len() > 2 || parts.iter().any(|p| p.is_empty()) {
-                return Err(ConfigError::new(
-                    format!("tables[{i}]"),
-                    format!("`{t}` is not a table name: write `schema.table`"),
-                ));
-            }
+            check_table_name(&format!("tables[{i}]"), t)?;
         }
         if self.operations.is_empty() {
             return Err(ConfigError::new(

@@ -4,9 +4,10 @@
 use orbit_plugin_api::PluginError;
 use tokio_postgres::Client;
 
-use super::config::{split_table, CdcConfig};
+use super::config::CdcConfig;
 use super::lsn::parse_lsn;
-use crate::client::{error, quote_ident};
+use crate::catalog::{self, quoted_table, split_table};
+use crate::client::error;
 
 /// A replicated table as the catalog describes it.
 #[derive(Debug, Clone)]
@@ -41,7 +42,7 @@ pub async fn describe_tables(
     let mut out = Vec::new();
     for t in &config.tables {
         let (schema, name) = split_table(t);
-        let quoted = format!("{}.{}", quote_ident(schema), quote_ident(name));
+        let quoted = quoted_table(schema, name);
         let row = client
             .query_opt(
                 "SELECT c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -56,19 +57,9 @@ pub async fn describe_tables(
             )));
         };
         let identity: String = row.get(0);
-        let key: Vec<String> = client
-            .query(
-                "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a \
-                 ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
-                 WHERE i.indrelid = $1::text::regclass AND i.indisprimary \
-                 ORDER BY array_position(i.indkey::int2[], a.attnum)",
-                &[&quoted],
-            )
+        let key = catalog::primary_key(client, &quoted)
             .await
-            .map_err(|e| error(&e, "reading the primary keys", url))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+            .map_err(|e| error(&e, "reading the primary keys", url))?;
         let updates = config.publishes(super::config::Operation::Update)
             || config.publishes(super::config::Operation::Delete);
         let identified = match identity.as_str() {
@@ -119,7 +110,7 @@ pub async fn ensure_publication(
             .iter()
             .map(|t| {
                 let (s, n) = split_table(t);
-                format!("{}.{}", quote_ident(s), quote_ident(n))
+                quoted_table(s, n)
             })
             .collect();
         let ops: Vec<&str> = config.operations.iter().map(|o| o.as_str()).collect();

@@ -8,8 +8,8 @@ use orbit_plugin_api::PluginError;
 use serde_json::{Map, Value};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use super::config::split_table;
 use super::types::to_json;
+use crate::catalog::{self, quoted_table, split_table};
 use crate::client::{connect, error, quote_ident};
 
 struct SnapTable {
@@ -53,18 +53,10 @@ impl SnapshotReader {
         let mut snap = Vec::new();
         for t in tables {
             let (schema, table) = split_table(t);
-            let quoted = format!("{}.{}", quote_ident(schema), quote_ident(table));
-            let columns = client
-                .query(
-                    "SELECT attname::text, atttypid::int8 FROM pg_attribute WHERE attrelid = $1::text::regclass \
-                     AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
-                    &[&quoted],
-                )
+            let quoted = quoted_table(schema, table);
+            let columns = catalog::columns(&client, &quoted)
                 .await
-                .map_err(|e| error(&e, &format!("reading the columns of {t}"), url))?
-                .iter()
-                .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u32))
-                .collect();
+                .map_err(|e| error(&e, &format!("reading the columns of {t}"), url))?;
             snap.push(SnapTable { quoted, columns });
         }
         Ok(SnapshotReader {

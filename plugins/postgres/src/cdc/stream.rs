@@ -41,7 +41,8 @@ struct Tx {
 #[derive(Default)]
 pub struct Stream {
     pub client: Option<ReplicationClient>,
-    relations: HashMap<u32, Relation>,
+    /// Relations by OID, with their `schema.table` name.
+    relations: HashMap<u32, (Relation, String)>,
     tx: Option<Tx>,
     pub ready: VecDeque<Record>,
     /// The last change handed to the host in this instance: after a reconnect, the server
@@ -105,16 +106,17 @@ impl Stream {
     }
 
     fn change(&mut self, decoded: Decoded, lsn: u64, filter: &Filter) -> Result<(), PluginError> {
+        if let Decoded::Relation(r) = decoded {
+            let name = r.qualified();
+            self.relations.insert(r.oid, (r, name));
+            return Ok(());
+        }
         let (rel_oids, operation) = match &decoded {
-            Decoded::Relation(r) => {
-                self.relations.insert(r.oid, r.clone());
-                return Ok(());
-            }
-            Decoded::Insert { rel, .. } => (vec![*rel], Operation::Insert),
-            Decoded::Update { rel, .. } => (vec![*rel], Operation::Update),
-            Decoded::Delete { rel, .. } => (vec![*rel], Operation::Delete),
-            Decoded::Truncate { rels, .. } => (rels.clone(), Operation::Truncate),
-            Decoded::Other => return Ok(()),
+            Decoded::Insert { rel, .. } => (std::slice::from_ref(rel), Operation::Insert),
+            Decoded::Update { rel, .. } => (std::slice::from_ref(rel), Operation::Update),
+            Decoded::Delete { rel, .. } => (std::slice::from_ref(rel), Operation::Delete),
+            Decoded::Truncate { rels, .. } => (rels.as_slice(), Operation::Truncate),
+            Decoded::Relation(_) | Decoded::Other => return Ok(()),
         };
         if !filter.operations.contains(&operation) {
             return Ok(());
@@ -124,20 +126,19 @@ impl Stream {
                 "a change arrived outside a transaction: reconnecting",
             ));
         };
-        for oid in rel_oids {
-            let rel = self.relations.get(&oid).ok_or_else(|| {
+        for &oid in rel_oids {
+            let (rel, name) = self.relations.get(&oid).ok_or_else(|| {
                 PluginError::retriable(format!(
                     "a change to relation {oid} arrived before its description: reconnecting"
                 ))
             })?;
-            let name = rel.qualified();
-            let Some(info) = filter.tables.get(&name) else {
+            let Some(info) = filter.tables.get(name) else {
                 continue;
             };
             let index = tx.index;
             tx.index += 1;
             let position = (tx.commit, index);
-            let skipped = filter.delivered.get(&name).is_some_and(|d| position <= *d)
+            let skipped = filter.delivered.get(name).is_some_and(|d| position <= *d)
                 || self.handed.is_some_and(|h| position <= h);
             if skipped {
                 continue;

@@ -48,16 +48,7 @@ fn default_connect_timeout() -> Duration {
 impl SinkConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         crate::client::check_url("url", &self.url)?;
-        let parts: Vec<&str> = self.table.split('.').collect();
-        if self.table.is_empty() || parts.len() > 2 || parts.iter().any(|p| p.is_empty()) {
-            return Err(ConfigError::new(
-                "table",
-                format!(
-                    "`{}` is not a table name: write `table` or `schema.table`",
-                    self.table
-                ),
-            ));
-        }
+        crate::catalog::check_table_name("table", &self.table)?;
         if self.mode == Mode::Insert && !self.key.is_empty() {
             return Err(ConfigError::new(
                 "key",
@@ -72,9 +63,6 @@ impl SinkConfig {
 
     /// `(schema, table)`, with `public` when no schema is given.
     pub fn schema_table(&self) -> (&str, &str) {
-        match self.table.split_once('.') {
-            Some((s, t)) => (s, t),
-            None => ("public", self.table.as_str()),
-        }
+        crate::catalog::split_table(&self.table)
     }
 }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use orbit_plugin_api::PluginError;
 use tokio_postgres::{Client, Statement};
 
+use crate::catalog::{self, quoted_table};
 use crate::client::{error, quote_ident};
 
 pub const BYTEA_OID: u32 = 17;
@@ -42,14 +43,8 @@ impl Table {
         key: &[String],
         url: &str,
     ) -> Result<Table, PluginError> {
-        let quoted = format!("{}.{}", quote_ident(schema), quote_ident(table));
-        let rows = client
-            .query(
-                "SELECT a.attname::text, a.atttypid::int8 FROM pg_attribute a \
-                 WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 \
-                 AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum",
-                &[&quoted],
-            )
+        let quoted = quoted_table(schema, table);
+        let columns: Vec<Column> = catalog::columns(client, &quoted)
             .await
             .map_err(|e| {
                 let mut err = error(&e, &format!("reading the columns of {schema}.{table}"), url);
@@ -60,26 +55,14 @@ impl Table {
                     ));
                 }
                 err
-            })?;
-        let columns: Vec<Column> = rows
-            .iter()
-            .map(|r| Column {
-                name: r.get(0),
-                type_oid: r.get::<_, i64>(1) as u32,
-            })
+            })?
+            .into_iter()
+            .map(|(name, type_oid)| Column { name, type_oid })
             .collect();
         let key = if key.is_empty() {
-            let rows = client
-                .query(
-                    "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a \
-                     ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
-                     WHERE i.indrelid = $1::text::regclass AND i.indisprimary \
-                     ORDER BY array_position(i.indkey::int2[], a.attnum)",
-                    &[&quoted],
-                )
+            catalog::primary_key(client, &quoted)
                 .await
-                .map_err(|e| error(&e, "reading the primary key", url))?;
-            rows.iter().map(|r| r.get(0)).collect()
+                .map_err(|e| error(&e, "reading the primary key", url))?
         } else {
             for k in key {
                 if !columns.iter().any(|c| &c.name == k) {
