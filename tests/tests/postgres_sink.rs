@@ -197,3 +197,77 @@ fn a_missing_table_or_a_server_that_is_down_is_named_without_the_password() {
     );
     assert!(!err.contains("hunter2secret"), "{err}");
 }
+
+#[test]
+fn scalar_columns_go_as_typed_arrays_and_each_value_the_type_refuses_is_dead_lettered_alone() {
+    let _server = pg::shared();
+    let mut c = pg::client();
+    let t = pg::unique("sink_types");
+    let _clean = Cleanup::tables(&[&t]);
+    c.batch_execute(&format!(
+        "CREATE TABLE {t} (id int8 PRIMARY KEY, s int2, i int4, f float8, b bool, txt text, \
+         vc varchar(5), num numeric, at timestamptz, u uuid, j jsonb, js json, raw bytea, \
+         d date DEFAULT '2000-01-01')"
+    ))
+    .unwrap();
+    let full = |id: u32, rest: &str| format!(r#"{{"id":{id},{rest}}}"#);
+    let input = [
+        // Every value in the JSON form of its column's type.
+        full(1, r#""s":2,"i":3,"f":1.5,"b":true,"txt":"t","vc":"abc","num":"12.345","at":"2024-05-01T12:34:56.5Z","u":"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11","j":{"k":[1,"x"]},"js":[1,2],"raw":"AP8Q""#),
+        // The same columns, the values in forms the types read from text.
+        full(2, r#""s":"2","i":"3","f":"1.5","b":"yes","txt":42,"vc":"x","num":7,"at":"2024-05-01 12:34:56+02","u":"A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11","j":"str","js":null,"raw":null"#),
+        full(3, r#""s":40000"#),
+        full(4, r#""vc":"toolong""#),
+        full(5, r#""u":"nope""#),
+        full(6, r#""txt":{"nested":[true]}"#),
+        full(7, r#""i":2147483648"#),
+        full(8, r#""txt":"a\u0000b""#),
+        full(9, r#""f":1e300,"b":false"#),
+        full(10, r#""i":-5,"num":1.25"#),
+    ];
+    let s = Scratch::new();
+    s.write("in.jsonl", &(input.join("\n") + "\n"));
+    s.write(
+        "p.yaml",
+        &format!(
+            "name: pg-types
+source: {{ plugin: file, config: {{ path: in.jsonl }} }}
+sink: {{ plugin: postgres, config: {{ url: \"{}\", table: {t}, mode: insert }} }}
+batch: {{ max_records: 100 }}
+errors:
+  tolerance: all
+  dead_letter: {{ plugin: file, config: {{ path: dlq.jsonl, format: envelope }} }}
+",
+            pg::URL
+        ),
+    );
+    let out = s.run(&["p.yaml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let got = rows(
+        &mut c,
+        &format!(
+            "SELECT concat_ws('|', id, s, i, f, b, txt, vc, num, at AT TIME ZONE 'UTC', u, j, js, \
+             encode(raw, 'hex'), d) FROM {t} ORDER BY id"
+        ),
+    );
+    assert_eq!(
+        got,
+        [
+            r#"1|2|3|1.5|t|t|abc|12.345|2024-05-01 12:34:56.5|a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11|{"k": [1, "x"]}|[1,2]|00ff10|2000-01-01"#,
+            r#"2|2|3|1.5|t|42|x|7|2024-05-01 10:34:56|a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11|"str"|2000-01-01"#,
+            r#"6|{"nested":[true]}|2000-01-01"#,
+            "9|1e+300|f|2000-01-01",
+            "10|-5|1.25|2000-01-01",
+        ]
+    );
+    let dlq: Vec<Value> = s
+        .lines("dlq.jsonl")
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let all = serde_json::to_string(&dlq).unwrap();
+    assert_eq!(dlq.len(), 5, "ids 3, 4, 5, 7, 8 refused: {all}");
+    for needle in ["smallint", "character varying(5)", "uuid", "integer", "0x00"] {
+        assert!(all.contains(needle), "no `{needle}` in the dead letters: {all}");
+    }
+}

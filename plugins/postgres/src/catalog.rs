@@ -28,19 +28,37 @@ pub fn check_table_name(path: &str, name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// The columns of the table `quoted` (see [`quoted_table`]) with their type OIDs, in order.
-pub async fn columns(client: &Client, quoted: &str) -> Result<Vec<(String, u32)>, Error> {
+/// One column of a table, as the catalog describes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Column {
+    pub name: String,
+    pub type_oid: u32,
+    /// The type as SQL names it, without a type modifier (`character varying`, `integer`):
+    /// what a cast to the column's type writes.
+    pub sql_type: String,
+    /// An array or a composite type (`pg_type.typcategory` `A` or `C`).
+    pub structured: bool,
+}
+
+/// The columns of the table `quoted` (see [`quoted_table`]) with their types, in order.
+pub async fn columns(client: &Client, quoted: &str) -> Result<Vec<Column>, Error> {
     let rows = client
         .query(
-            "SELECT attname::text, atttypid::int8 FROM pg_attribute \
-             WHERE attrelid = $1::text::regclass AND attnum > 0 \
-             AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
+            "SELECT a.attname::text, a.atttypid::int8, format_type(a.atttypid, NULL), \
+             t.typcategory IN ('A', 'C') FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+             WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 \
+             AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum",
             &[&quoted],
         )
         .await?;
     Ok(rows
         .iter()
-        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u32))
+        .map(|r| Column {
+            name: r.get(0),
+            type_oid: r.get::<_, i64>(1) as u32,
+            sql_type: r.get(2),
+            structured: r.get(3),
+        })
         .collect())
 }
 

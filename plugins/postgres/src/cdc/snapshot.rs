@@ -14,7 +14,7 @@ use crate::client::{connect, error, quote_ident};
 
 struct SnapTable {
     quoted: String,
-    columns: Vec<(String, u32)>,
+    columns: Vec<catalog::Column>,
 }
 
 /// One snapshot row: the table's index in `tables` and its values.
@@ -73,7 +73,7 @@ impl SnapshotReader {
         while self.current < self.tables.len() {
             let t = &self.tables[self.current];
             if !self.open {
-                let cols: Vec<String> = t.columns.iter().map(|(c, _)| quote_ident(c)).collect();
+                let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
                 let sql = format!(
                     "DECLARE orbit_snapshot NO SCROLL CURSOR FOR SELECT {} FROM ONLY {}",
                     if cols.is_empty() {
@@ -99,9 +99,11 @@ impl SnapshotReader {
             for m in messages {
                 if let SimpleQueryMessage::Row(r) = m {
                     let mut values = Map::with_capacity(t.columns.len());
-                    for (i, (name, oid)) in t.columns.iter().enumerate() {
-                        let v = r.get(i).map_or(Value::Null, |text| to_json(*oid, text));
-                        values.insert(name.clone(), v);
+                    for (i, c) in t.columns.iter().enumerate() {
+                        let v = r
+                            .get(i)
+                            .map_or(Value::Null, |text| to_json(c.type_oid, text));
+                        values.insert(c.name.clone(), v);
                     }
                     rows.push(Row {
                         table: self.current as u16,

@@ -1,12 +1,13 @@
 //! The `postgres` sink: one transaction per batch. Consecutive operations of one kind over the
-//! same columns go to the server as one statement (`json_populate_recordset`), so a batch of
-//! inserts is one round trip. A record the database refuses (a constraint, a bad value) is
+//! same columns go to the server as one statement (the rows as column arrays, see [`wire`]), so
+//! a batch of inserts is one round trip. A record the database refuses (a constraint, a bad value) is
 //! found by replaying the batch with a savepoint per record and is rejected alone; the others
 //! commit. A lost connection fails the whole batch as retriable (nothing of it committed).
 
 mod config;
 mod plan;
 mod table;
+mod wire;
 
 use orbit_plugin_api::{runtime, ErrorKind, PluginError, Record, Sink, SinkContext, WriteOutcome};
 use serde_json::Value;
@@ -115,7 +116,7 @@ impl PgSink {
                 .map_err(|e| error(&e, "SAVEPOINT", &url))?;
             let mut refused = None;
             for op in ops {
-                if let Err(e) = run(client, table, std::slice::from_ref(op), &url).await {
+                if let Err(e) = run(client, table, &[op], &url).await {
                     if e.kind() != ErrorKind::Rejected {
                         let _ = client.batch_execute("ROLLBACK").await;
                         return Err(e);
@@ -158,8 +159,7 @@ async fn apply_all(
     let mut start = 0;
     while start < ops.len() {
         let end = run_end(table, ops, start);
-        let run_ops: Vec<&Op> = ops[start..end].to_vec();
-        if let Err(e) = run_refs(client, table, &run_ops, url).await {
+        if let Err(e) = run(client, table, &ops[start..end], url).await {
             let _ = client.batch_execute("ROLLBACK").await;
             return Err(e);
         }
@@ -178,12 +178,11 @@ fn run_end(table: &Table, ops: &[&Op], start: usize) -> usize {
     if first.kind == Kind::Truncate {
         return start + 1;
     }
-    let cols = first.columns(table);
     let mut keys = std::collections::HashSet::new();
     let mut end = start;
     while end < ops.len() {
         let op = ops[end];
-        if op.kind != first.kind || op.columns(table) != cols {
+        if op.kind != first.kind || op.cols != first.cols {
             break;
         }
         if first.kind != Kind::Insert && !keys.insert(op.key_text(table)) {
@@ -194,31 +193,36 @@ fn run_end(table: &Table, ops: &[&Op], start: usize) -> usize {
     end
 }
 
-async fn run(client: &Client, table: &mut Table, ops: &[Op], url: &str) -> Result<(), PluginError> {
-    let refs: Vec<&Op> = ops.iter().collect();
-    run_refs(client, table, &refs, url).await
-}
-
 /// One statement for a run of operations of one kind over the same columns.
-async fn run_refs(
+async fn run(
     client: &Client,
     table: &mut Table,
     ops: &[&Op],
     url: &str,
 ) -> Result<(), PluginError> {
     let kind = ops[0].kind;
-    let cols = if kind == Kind::Delete {
-        table.key.clone()
-    } else {
-        ops[0].columns(table)
-    };
-    let statement = table.statement(client, kind, &cols, url).await?;
+    let cols = &ops[0].cols;
     let result = if kind == Kind::Truncate {
+        let statement = table.statement(client, kind, cols, None, url).await?;
         client.execute(&statement, &[]).await
     } else {
         let rows: Vec<&serde_json::Map<String, Value>> = ops.iter().map(|op| &op.row).collect();
-        let rows = serde_json::to_string(&rows).expect("JSON values serialize");
-        client.execute(&statement, &[&rows]).await
+        let wires = wire::wires(&table.columns_at(cols), &rows);
+        let statement = table
+            .statement(client, kind, cols, wires.as_deref(), url)
+            .await?;
+        match wires {
+            Some(wires) => {
+                let params = wire::params(&table.columns_at(cols), &wires, &rows);
+                client
+                    .execute_raw(&statement, params.iter().map(|p| p.as_ref()))
+                    .await
+            }
+            None => {
+                let rows = serde_json::to_string(&rows).expect("JSON values serialize");
+                client.execute(&statement, &[&rows]).await
+            }
+        }
     };
     result
         .map(|_| ())

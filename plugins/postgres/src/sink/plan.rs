@@ -14,16 +14,18 @@ use crate::cdc::types::UNCHANGED_TOAST;
 pub struct Op {
     pub kind: Kind,
     pub row: Map<String, Value>,
+    /// The columns `row` names, as indices into the table's columns, in table order.
+    pub cols: Vec<u16>,
 }
 
 impl Op {
-    pub fn columns(&self, table: &Table) -> Vec<String> {
-        table
-            .columns
-            .iter()
-            .filter(|c| self.row.contains_key(&c.name))
-            .map(|c| c.name.clone())
-            .collect()
+    fn new(kind: Kind, row: Map<String, Value>, table: &Table) -> Op {
+        let mut cols: Vec<u16> = row
+            .keys()
+            .filter_map(|name| table.column(name).map(|(i, _)| i))
+            .collect();
+        cols.sort_unstable();
+        Op { kind, row, cols }
     }
 
     /// The key's values as text, to tell two operations on the same row apart.
@@ -50,17 +52,15 @@ pub fn plan(
         return Err("the value is not a JSON object".into());
     };
     match mode {
-        Mode::Insert => Ok(vec![Op {
-            kind: Kind::Insert,
-            row: row(table, obj, ignore_unknown)?,
-        }]),
+        Mode::Insert => Ok(vec![Op::new(
+            Kind::Insert,
+            row(table, obj, ignore_unknown)?,
+            table,
+        )]),
         Mode::Upsert => {
             let row = row(table, obj, ignore_unknown)?;
             require_key(table, &row)?;
-            Ok(vec![Op {
-                kind: Kind::Upsert,
-                row,
-            }])
+            Ok(vec![Op::new(Kind::Upsert, row, table)])
         }
         Mode::Cdc => change(table, obj, ignore_unknown),
     }
@@ -109,31 +109,19 @@ fn change(
             if let Some(old) = old.as_ref().map(key_of).filter(|k| !k.is_empty()) {
                 if old != key_of(&new) {
                     require_key(table, &old)?;
-                    ops.push(Op {
-                        kind: Kind::Delete,
-                        row: old,
-                    });
+                    ops.push(Op::new(Kind::Delete, old, table));
                 }
             }
-            ops.push(Op {
-                kind: Kind::Upsert,
-                row: new,
-            });
+            ops.push(Op::new(Kind::Upsert, new, table));
             Ok(ops)
         }
         "delete" => {
             let old = old.ok_or("a `delete` event without `old_values`")?;
             let key = key_of(&old);
             require_key(table, &key)?;
-            Ok(vec![Op {
-                kind: Kind::Delete,
-                row: key,
-            }])
+            Ok(vec![Op::new(Kind::Delete, key, table)])
         }
-        "truncate" => Ok(vec![Op {
-            kind: Kind::Truncate,
-            row: Map::new(),
-        }]),
+        "truncate" => Ok(vec![Op::new(Kind::Truncate, Map::new(), table)]),
         other => Err(format!(
             "unknown operation `{other}` (expected insert, update, delete, truncate or read)"
         )),
@@ -144,18 +132,20 @@ fn change(
 /// base64 turned into PostgreSQL's hex input.
 fn row(
     table: &Table,
-    obj: Map<String, Value>,
+    mut obj: Map<String, Value>,
     ignore_unknown: bool,
 ) -> Result<Map<String, Value>, String> {
-    let mut out = Map::with_capacity(obj.len());
     let mut unknown = Vec::new();
-    for (name, value) in obj {
-        let Some(col) = table.column(&name) else {
-            unknown.push(name);
+    for (name, value) in obj.iter_mut() {
+        let Some((_, col)) = table.column(name) else {
+            unknown.push(name.clone());
             continue;
         };
-        let value = match value {
-            Value::String(s) if col.type_oid == BYTEA_OID && !s.starts_with("\\x") => {
+        if col.type_oid != BYTEA_OID {
+            continue;
+        }
+        if let Value::String(s) = value {
+            if !s.starts_with("\\x") {
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(s.as_bytes())
                     .map_err(|e| {
@@ -166,26 +156,27 @@ fn row(
                 for b in bytes {
                     hex.push_str(&format!("{b:02x}"));
                 }
-                Value::String(hex)
+                *s = hex;
             }
-            v => v,
-        };
-        out.insert(name, value);
+        }
     }
-    if !unknown.is_empty() && !ignore_unknown {
-        return Err(format!(
-            "field(s) {} are not columns of {}; add the columns, drop the fields with a transform, or set ignore_unknown_fields: true",
-            unknown.iter().map(|u| format!("`{u}`")).collect::<Vec<_>>().join(", "),
-            table.quoted
-        ));
+    if !unknown.is_empty() {
+        if !ignore_unknown {
+            return Err(format!(
+                "field(s) {} are not columns of {}; add the columns, drop the fields with a transform, or set ignore_unknown_fields: true",
+                unknown.iter().map(|u| format!("`{u}`")).collect::<Vec<_>>().join(", "),
+                table.quoted
+            ));
+        }
+        obj.retain(|name, _| table.column(name).is_some());
     }
-    if out.is_empty() {
+    if obj.is_empty() {
         return Err(format!(
             "no field of the record is a column of {}",
             table.quoted
         ));
     }
-    Ok(out)
+    Ok(obj)
 }
 
 fn require_key(table: &Table, row: &Map<String, Value>) -> Result<(), String> {
