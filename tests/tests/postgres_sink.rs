@@ -213,9 +213,15 @@ fn scalar_columns_go_as_typed_arrays_and_each_value_the_type_refuses_is_dead_let
     let full = |id: u32, rest: &str| format!(r#"{{"id":{id},{rest}}}"#);
     let input = [
         // Every value in the JSON form of its column's type.
-        full(1, r#""s":2,"i":3,"f":1.5,"b":true,"txt":"t","vc":"abc","num":"12.345","at":"2024-05-01T12:34:56.5Z","u":"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11","j":{"k":[1,"x"]},"js":[1,2],"raw":"AP8Q""#),
+        full(
+            1,
+            r#""s":2,"i":3,"f":1.5,"b":true,"txt":"t","vc":"abc","num":"12.345","at":"2024-05-01T12:34:56.5Z","u":"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11","j":{"k":[1,"x"]},"js":[1,2],"raw":"AP8Q""#,
+        ),
         // The same columns, the values in forms the types read from text.
-        full(2, r#""s":"2","i":"3","f":"1.5","b":"yes","txt":42,"vc":"x","num":7,"at":"2024-05-01 12:34:56+02","u":"A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11","j":"str","js":null,"raw":null"#),
+        full(
+            2,
+            r#""s":"2","i":"3","f":"1.5","b":"yes","txt":42,"vc":"x","num":7,"at":"2024-05-01 12:34:56+02","u":"A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11","j":"str","js":null,"raw":null"#,
+        ),
         full(3, r#""s":40000"#),
         full(4, r#""vc":"toolong""#),
         full(5, r#""u":"nope""#),
@@ -267,7 +273,98 @@ errors:
         .collect();
     let all = serde_json::to_string(&dlq).unwrap();
     assert_eq!(dlq.len(), 5, "ids 3, 4, 5, 7, 8 refused: {all}");
-    for needle in ["smallint", "character varying(5)", "uuid", "integer", "0x00"] {
-        assert!(all.contains(needle), "no `{needle}` in the dead letters: {all}");
+    for needle in [
+        "smallint",
+        "character varying(5)",
+        "uuid",
+        "integer",
+        "0x00",
+    ] {
+        assert!(
+            all.contains(needle),
+            "no `{needle}` in the dead letters: {all}"
+        );
     }
+}
+
+/// Batches are pipelined on one connection. Killing that connection mid-stream fails a batch
+/// and every batch queued behind it; the host resends them in order, so no upsert of a key
+/// lands after a later one of the same key, and every key ends at its last version.
+#[test]
+fn killed_connections_lose_nothing_and_no_batch_overtakes_an_earlier_one() {
+    let _server = pg::shared();
+    let mut c = pg::client();
+    let t = pg::unique("sink_kill");
+    let _clean = Cleanup::tables(&[&t]);
+    c.batch_execute(&format!(
+        "CREATE TABLE {t} (id int PRIMARY KEY, version int NOT NULL)"
+    ))
+    .unwrap();
+    const KEYS: usize = 997;
+    const N: usize = 300_000;
+    let input: String = (0..N)
+        .map(|i| format!("{{\"id\":{},\"version\":{i}}}\n", i % KEYS))
+        .collect();
+    let s = Scratch::new();
+    s.write("in.jsonl", &input);
+    s.write(
+        "p.yaml",
+        &format!(
+            "name: pg-kill
+source: {{ plugin: file, config: {{ path: in.jsonl }} }}
+sink:
+  plugin: postgres
+  config: {{ url: \"{}\", table: {t}, mode: upsert }}
+  max_in_flight: 4
+  policy: {{ retry: {{ initial_backoff: 5ms, max_backoff: 50ms }}, circuit_breaker: {{ failure_threshold: 1000 }} }}
+batch: {{ max_records: 250 }}
+",
+            pg::URL
+        ),
+    );
+    let mut host = s.spawn_logged(&["p.yaml"], "host.log");
+    // Kill the sink's connection whenever it is busy with the table, until the host is done.
+    let mut killer = pg::client();
+    let kill = format!(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'orbit' AND query LIKE '%{t}%') k"
+    );
+    let mut kills = 0;
+    let status = loop {
+        if let Some(status) = host.try_wait().unwrap() {
+            break status;
+        }
+        if kills < 20 {
+            kills += killer.query_one(&kill, &[]).unwrap().get::<_, i64>(0);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let log = s.read("host.log");
+    assert!(status.success(), "{log}");
+    assert!(
+        kills > 0,
+        "no connection was killed: the run was too short\n{log}"
+    );
+    let done = finished_once(&log);
+    assert_eq!((done.written, done.dead_lettered), (N as u64, 0), "{log}");
+    assert!(
+        sink_in_flight_max(&log) > 1,
+        "batches were not pipelined\n{log}"
+    );
+    let wrong: Vec<String> = rows(
+        &mut c,
+        &format!(
+            "SELECT concat_ws(' ', id, version) FROM {t} \
+             WHERE version <> (SELECT max(v) FROM generate_series(id, {N} - 1, {KEYS}) v) ORDER BY id"
+        ),
+    );
+    assert!(
+        wrong.is_empty(),
+        "keys not at their last version: {wrong:?}"
+    );
+    let count: i64 = c
+        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(count, KEYS as i64);
 }

@@ -95,8 +95,10 @@ pub fn fault(e: &tokio_postgres::Error) -> ErrorKind {
 /// The host's error kind for an SQLSTATE.
 pub fn sqlstate_kind(code: &str) -> ErrorKind {
     match &code[..code.len().min(2)] {
-        // data exceptions and integrity violations: the record is at fault
-        "22" | "23" => ErrorKind::Rejected,
+        // data exceptions and integrity violations: the record is at fault; a cardinality
+        // violation (one statement touching a row twice: keys the sink told apart by their JSON
+        // text, `1` and `1.0`) too: the sink's record-by-record replay applies them one by one
+        "21" | "22" | "23" => ErrorKind::Rejected,
         // connection exceptions, serialization failures and deadlocks, insufficient
         // resources, operator intervention (shutdown, restart), system errors
         "08" | "40" | "53" | "57" | "58" => ErrorKind::Retriable,
@@ -147,6 +149,7 @@ mod tests {
     fn sqlstates_map_to_kinds() {
         assert_eq!(sqlstate_kind("23505"), ErrorKind::Rejected);
         assert_eq!(sqlstate_kind("22P02"), ErrorKind::Rejected);
+        assert_eq!(sqlstate_kind("21000"), ErrorKind::Rejected);
         assert_eq!(sqlstate_kind("08006"), ErrorKind::Retriable);
         assert_eq!(sqlstate_kind("57P01"), ErrorKind::Retriable);
         assert_eq!(sqlstate_kind("40P01"), ErrorKind::Retriable);

@@ -26,7 +26,7 @@ export_plugin!(PluginBuilder::new("postgres", env!("CARGO_PKG_VERSION"))
         "postgres_cdc",
         "captures inserts, updates, deletes and truncates by logical replication (pgoutput)"
     )
-    .sink::<sink::PgSink>(
+    .pipelined_sink::<sink::PgSink>(
         "postgres",
         "writes rows: insert, upsert, or apply change events"
     ));

@@ -2,103 +2,94 @@
 //! object is a row (insert, upsert), or a `postgres_cdc` change event (cdc). Whatever is wrong
 //! with a record is found here, before the database sees it, and rejects that record alone.
 
-use base64::Engine;
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
 
 use super::config::Mode;
-use super::table::{Kind, Table, BYTEA_OID};
+use super::row::{row, Members, Row};
+use super::table::{Kind, Table};
 use crate::cdc::types::UNCHANGED_TOAST;
 
-/// One row operation: the columns it names, in the table's column order.
+/// One row operation, its values borrowed from the record.
 #[derive(Debug, PartialEq)]
-pub struct Op {
+pub struct Op<'a> {
     pub kind: Kind,
-    pub row: Map<String, Value>,
-    /// The columns `row` names, as indices into the table's columns, in table order.
-    pub cols: Vec<u16>,
+    pub row: Row<'a>,
 }
 
-impl Op {
-    fn new(kind: Kind, row: Map<String, Value>, table: &Table) -> Op {
-        let mut cols: Vec<u16> = row
-            .keys()
-            .filter_map(|name| table.column(name).map(|(i, _)| i))
-            .collect();
-        cols.sort_unstable();
-        Op { kind, row, cols }
+impl Op<'_> {
+    /// Whether `other` names the same columns.
+    pub fn same_columns(&self, other: &Op) -> bool {
+        self.row.len() == other.row.len()
+            && self.row.iter().zip(&other.row).all(|(a, b)| a.0 == b.0)
+    }
+
+    /// The columns, as indices into the table's columns.
+    pub fn columns(&self) -> Vec<u16> {
+        self.row.iter().map(|f| f.0).collect()
     }
 
     /// The key's values as text, to tell two operations on the same row apart.
     pub fn key_text(&self, table: &Table) -> String {
-        let key: Vec<&Value> = table
-            .key
-            .iter()
-            .map(|k| self.row.get(k).unwrap_or(&Value::Null))
-            .collect();
-        serde_json::to_string(&key).unwrap_or_default()
+        let mut text = String::new();
+        for (i, f) in &self.row {
+            if table.key_columns.contains(i) {
+                text.push_str(&f.json());
+                text.push('\0');
+            }
+        }
+        text
     }
 }
 
 /// The operations for one record, or why the record is refused.
-pub fn plan(
+pub fn plan<'a>(
     mode: Mode,
     table: &Table,
     ignore_unknown: bool,
-    value: &[u8],
-) -> Result<Vec<Op>, String> {
-    let json: Value =
-        serde_json::from_slice(value).map_err(|e| format!("the value is not JSON: {e}"))?;
-    let Value::Object(obj) = json else {
-        return Err("the value is not a JSON object".into());
-    };
+    value: &'a [u8],
+) -> Result<Vec<Op<'a>>, String> {
+    let members = Members::parse(value)?;
     match mode {
-        Mode::Insert => Ok(vec![Op::new(
-            Kind::Insert,
-            row(table, obj, ignore_unknown)?,
-            table,
-        )]),
+        Mode::Insert => Ok(vec![Op {
+            kind: Kind::Insert,
+            row: row(table, members, ignore_unknown)?,
+        }]),
         Mode::Upsert => {
-            let row = row(table, obj, ignore_unknown)?;
+            let row = row(table, members, ignore_unknown)?;
             require_key(table, &row)?;
-            Ok(vec![Op::new(Kind::Upsert, row, table)])
+            Ok(vec![Op {
+                kind: Kind::Upsert,
+                row,
+            }])
         }
-        Mode::Cdc => change(table, obj, ignore_unknown),
+        Mode::Cdc => change(table, members, ignore_unknown),
     }
 }
 
-fn change(
+fn change<'a>(
     table: &Table,
-    mut event: Map<String, Value>,
+    event: Members<'a>,
     ignore_unknown: bool,
-) -> Result<Vec<Op>, String> {
-    let operation = match event.get("operation") {
-        Some(Value::String(s)) => s.clone(),
-        _ => {
-            return Err(
-                "not a change event: no `operation` (mode cdc applies postgres_cdc events)".into(),
-            )
-        }
-    };
-    let mut values = |field: &str| -> Result<Option<Map<String, Value>>, String> {
-        match event.remove(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Object(m)) => {
-                let m = m
-                    .into_iter()
-                    .filter(|(_, v)| v.as_str() != Some(UNCHANGED_TOAST))
-                    .collect();
-                row(table, m, ignore_unknown).map(Some)
-            }
-            Some(_) => Err(format!("`{field}` is not a JSON object")),
-        }
+) -> Result<Vec<Op<'a>>, String> {
+    let operation: String = event
+        .get("operation")
+        .and_then(|r| serde_json::from_str(r.get()).ok())
+        .ok_or("not a change event: no `operation` (mode cdc applies postgres_cdc events)")?;
+    let values = |field: &str| -> Result<Option<Row<'a>>, String> {
+        let Some(raw) = event.get(field).filter(|r| r.get() != "null") else {
+            return Ok(None);
+        };
+        let mut members = Members::parse(raw.get().as_bytes())
+            .map_err(|_| format!("`{field}` is not a JSON object"))?;
+        members.0.retain(|(_, v)| !is_toast(v));
+        row(table, members, ignore_unknown).map(Some)
     };
     let new = values("new_values")?;
     let old = values("old_values")?;
-    let key_of = |m: &Map<String, Value>| -> Map<String, Value> {
-        table
-            .key
-            .iter()
-            .filter_map(|k| m.get(k).map(|v| (k.clone(), v.clone())))
+    let key_of = |r: &Row<'a>| -> Row<'a> {
+        r.iter()
+            .filter(|(i, _)| table.key_columns.contains(i))
+            .cloned()
             .collect()
     };
     match operation.as_str() {
@@ -109,77 +100,46 @@ fn change(
             if let Some(old) = old.as_ref().map(key_of).filter(|k| !k.is_empty()) {
                 if old != key_of(&new) {
                     require_key(table, &old)?;
-                    ops.push(Op::new(Kind::Delete, old, table));
+                    ops.push(Op {
+                        kind: Kind::Delete,
+                        row: old,
+                    });
                 }
             }
-            ops.push(Op::new(Kind::Upsert, new, table));
+            ops.push(Op {
+                kind: Kind::Upsert,
+                row: new,
+            });
             Ok(ops)
         }
         "delete" => {
             let old = old.ok_or("a `delete` event without `old_values`")?;
             let key = key_of(&old);
             require_key(table, &key)?;
-            Ok(vec![Op::new(Kind::Delete, key, table)])
+            Ok(vec![Op {
+                kind: Kind::Delete,
+                row: key,
+            }])
         }
-        "truncate" => Ok(vec![Op::new(Kind::Truncate, Map::new(), table)]),
+        "truncate" => Ok(vec![Op {
+            kind: Kind::Truncate,
+            row: Row::new(),
+        }]),
         other => Err(format!(
             "unknown operation `{other}` (expected insert, update, delete, truncate or read)"
         )),
     }
 }
 
-/// The JSON object as a row of the table: unknown fields refused (or dropped), bytea given as
-/// base64 turned into PostgreSQL's hex input.
-fn row(
-    table: &Table,
-    mut obj: Map<String, Value>,
-    ignore_unknown: bool,
-) -> Result<Map<String, Value>, String> {
-    let mut unknown = Vec::new();
-    for (name, value) in obj.iter_mut() {
-        let Some((_, col)) = table.column(name) else {
-            unknown.push(name.clone());
-            continue;
-        };
-        if col.type_oid != BYTEA_OID {
-            continue;
-        }
-        if let Value::String(s) = value {
-            if !s.starts_with("\\x") {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(s.as_bytes())
-                    .map_err(|e| {
-                        format!("column `{name}` is bytea and its value is not base64: {e}")
-                    })?;
-                let mut hex = String::with_capacity(2 + bytes.len() * 2);
-                hex.push_str("\\x");
-                for b in bytes {
-                    hex.push_str(&format!("{b:02x}"));
-                }
-                *s = hex;
-            }
-        }
-    }
-    if !unknown.is_empty() {
-        if !ignore_unknown {
-            return Err(format!(
-                "field(s) {} are not columns of {}; add the columns, drop the fields with a transform, or set ignore_unknown_fields: true",
-                unknown.iter().map(|u| format!("`{u}`")).collect::<Vec<_>>().join(", "),
-                table.quoted
-            ));
-        }
-        obj.retain(|name, _| table.column(name).is_some());
-    }
-    if obj.is_empty() {
-        return Err(format!(
-            "no field of the record is a column of {}",
-            table.quoted
-        ));
-    }
-    Ok(obj)
+/// The placeholder `postgres_cdc` writes for an unchanged TOAST value.
+fn is_toast(v: &RawValue) -> bool {
+    v.get()
+        .strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .is_some_and(|s| s == UNCHANGED_TOAST)
 }
 
-fn require_key(table: &Table, row: &Map<String, Value>) -> Result<(), String> {
+fn require_key(table: &Table, row: &Row) -> Result<(), String> {
     if table.key.is_empty() {
         return Err(format!(
             "{} has no primary key: give `key:` (the columns that identify a row)",
@@ -187,9 +147,10 @@ fn require_key(table: &Table, row: &Map<String, Value>) -> Result<(), String> {
         ));
     }
     let missing: Vec<&String> = table
-        .key
+        .key_columns
         .iter()
-        .filter(|k| row.get(*k).is_none_or(Value::is_null))
+        .filter(|k| !row.iter().any(|(i, f)| i == *k && !f.is_null()))
+        .map(|&k| &table.columns[k as usize].name)
         .collect();
     if missing.is_empty() {
         Ok(())
@@ -201,18 +162,34 @@ fn require_key(table: &Table, row: &Map<String, Value>) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::sink::row::Field;
+    use crate::sink::table::BYTEA_OID;
+    use serde_json::{json, Map, Value};
 
     fn table() -> Table {
         Table::for_test(&[("id", 23), ("v", 25), ("raw", BYTEA_OID)], &["id"])
     }
 
     fn ops(mode: Mode, value: Value) -> Result<Vec<(Kind, Value)>, String> {
-        let planned = plan(mode, &table(), false, value.to_string().as_bytes())?;
+        let t = table();
+        let text = value.to_string();
+        let planned = plan(mode, &t, false, text.as_bytes())?;
         Ok(planned
-            .into_iter()
-            .map(|o| (o.kind, Value::Object(o.row)))
+            .iter()
+            .map(|o| (o.kind, as_json(&t, &o.row)))
             .collect())
+    }
+
+    fn as_json(t: &Table, row: &Row) -> Value {
+        let mut m = Map::new();
+        for (i, f) in row {
+            let v = match f {
+                Field::Json(r) => serde_json::from_str(r.get()).unwrap(),
+                Field::Text(s) => Value::String(s.clone()),
+            };
+            m.insert(t.columns[*i as usize].name.clone(), v);
+        }
+        Value::Object(m)
     }
 
     #[test]
@@ -267,6 +244,9 @@ mod tests {
             .unwrap_err()
             .contains("not a change event"));
         assert!(ops(Mode::Cdc, ev("delete", Value::Null, Value::Null)).is_err());
+        assert!(ops(Mode::Cdc, ev("insert", json!([1]), Value::Null))
+            .unwrap_err()
+            .contains("`new_values` is not a JSON object"));
     }
 
     #[test]
@@ -284,6 +264,9 @@ mod tests {
         assert!(ops(Mode::Upsert, json!({"v": "no key"}))
             .unwrap_err()
             .contains("key"));
+        assert!(ops(Mode::Upsert, json!({"id": null, "v": "null key"}))
+            .unwrap_err()
+            .contains("key"));
         assert!(ops(Mode::Insert, json!([1, 2]))
             .unwrap_err()
             .contains("not a JSON object"));
@@ -292,6 +275,23 @@ mod tests {
             .contains("base64"));
         let t = table();
         let kept = plan(Mode::Insert, &t, true, br#"{"id":1,"colour":"red"}"#).unwrap();
-        assert_eq!(Value::Object(kept[0].row.clone()), json!({"id": 1}));
+        assert_eq!(as_json(&t, &kept[0].row), json!({"id": 1}));
+        let e = plan(Mode::Insert, &t, false, b"{\"id\":").unwrap_err();
+        assert!(e.starts_with("the value is not JSON"), "{e}");
+    }
+
+    #[test]
+    fn values_stay_as_the_record_wrote_them_and_the_last_of_a_repeated_field_counts() {
+        let t = table();
+        let value = br#"{"v":"first","id":1.50,"v":"a\"b","v\u0061":"x"}"#;
+        // `v\u0061` is `va`: not a column.
+        let e = plan(Mode::Insert, &t, false, value).unwrap_err();
+        assert!(e.contains("`va`"), "{e}");
+        let ops = plan(Mode::Insert, &t, true, value).unwrap();
+        let row = &ops[0].row;
+        assert_eq!(row.iter().map(|f| f.0).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(row[0].1.text(), "1.50");
+        assert_eq!(row[1].1.text(), "a\"b");
+        assert_eq!(row[1].1.json(), r#""a\"b""#);
     }
 }

@@ -22,7 +22,6 @@ pub struct Table {
     pub key_columns: Vec<u16>,
     /// Column name → index into `columns`.
     by_name: HashMap<String, u16>,
-    statements: HashMap<(Kind, Vec<u16>, Option<Vec<Wire>>), Statement>,
 }
 
 /// What one statement does to a run of rows.
@@ -86,7 +85,6 @@ impl Table {
             key,
             key_columns,
             by_name,
-            statements: HashMap::new(),
         }
     }
 
@@ -119,30 +117,9 @@ impl Table {
         cols.iter().map(|&i| &self.columns[i as usize]).collect()
     }
 
-    /// The prepared statement for `kind` over the columns `cols` (indices into `columns`),
-    /// their values as `wires` say or as JSON (cached per connection).
-    pub async fn statement(
-        &mut self,
-        client: &Client,
-        kind: Kind,
-        cols: &[u16],
-        wires: Option<&[Wire]>,
-        url: &str,
-    ) -> Result<Statement, PluginError> {
-        let cache_key = (kind, cols.to_vec(), wires.map(<[Wire]>::to_vec));
-        if let Some(s) = self.statements.get(&cache_key) {
-            return Ok(s.clone());
-        }
-        let sql = self.sql(kind, cols, wires);
-        let st = client
-            .prepare(&sql)
-            .await
-            .map_err(|e| error(&e, &format!("preparing `{sql}`"), url))?;
-        self.statements.insert(cache_key, st.clone());
-        Ok(st)
-    }
-
-    fn sql(&self, kind: Kind, cols: &[u16], wires: Option<&[Wire]>) -> String {
+    /// The statement for `kind` over the columns `cols` (indices into `columns`), their
+    /// values as `wires` say or as JSON.
+    pub fn sql(&self, kind: Kind, cols: &[u16], wires: Option<&[Wire]>) -> String {
         let t = &self.quoted;
         let names: Vec<String> = cols
             .iter()
@@ -189,5 +166,34 @@ impl Table {
             }
             Kind::Truncate => format!("TRUNCATE {t}"),
         }
+    }
+}
+
+/// The statements prepared on one connection, by what they do.
+#[derive(Default)]
+pub struct Statements(HashMap<(Kind, Vec<u16>, Option<Vec<Wire>>), Statement>);
+
+impl Statements {
+    /// The prepared statement for `kind` over `cols`, their values as `wires` say or as JSON.
+    pub async fn get(
+        &mut self,
+        client: &Client,
+        table: &Table,
+        kind: Kind,
+        cols: &[u16],
+        wires: Option<&[Wire]>,
+        url: &str,
+    ) -> Result<Statement, PluginError> {
+        let cache_key = (kind, cols.to_vec(), wires.map(<[Wire]>::to_vec));
+        if let Some(s) = self.0.get(&cache_key) {
+            return Ok(s.clone());
+        }
+        let sql = table.sql(kind, cols, wires);
+        let st = client
+            .prepare(&sql)
+            .await
+            .map_err(|e| error(&e, &format!("preparing `{sql}`"), url))?;
+        self.0.insert(cache_key, st.clone());
+        Ok(st)
     }
 }

@@ -7,10 +7,12 @@
 //! column, whose JSON form has no text cast, go through `json_populate_recordset` instead.
 
 use std::borrow::Cow;
+use std::error::Error;
 
-use serde_json::{Map, Value};
-use tokio_postgres::types::ToSql;
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio_postgres::types::{IsNull, ToSql, Type, WrongType};
 
+use super::row::{Field, Row};
 use crate::catalog::Column;
 
 /// How one column's values travel.
@@ -30,7 +32,7 @@ pub enum Wire {
 }
 
 /// A column's values as one statement parameter.
-pub type Param<'a> = Box<dyn ToSql + Sync + 'a>;
+type Param<'a> = Box<dyn ToSql + Sync + 'a>;
 
 impl Wire {
     /// How a column of this type travels when its values allow.
@@ -50,18 +52,21 @@ impl Wire {
     }
 
     /// Whether `value` can travel this way (NULL always can).
-    fn carries(self, value: &Value) -> bool {
-        let int = |n: &serde_json::Number, min: i64, max: i64| {
-            n.as_i64().is_some_and(|i| (min..=max).contains(&i))
+    fn carries(self, value: &Field) -> bool {
+        if value.is_null() {
+            return true;
+        }
+        let Field::Json(raw) = value else {
+            return matches!(self, Wire::Text | Wire::Cast);
         };
-        match (self, value) {
-            (_, Value::Null) => true,
-            (Wire::Int2, Value::Number(n)) => int(n, i16::MIN.into(), i16::MAX.into()),
-            (Wire::Int4, Value::Number(n)) => int(n, i32::MIN.into(), i32::MAX.into()),
-            (Wire::Int8, Value::Number(n)) => n.as_i64().is_some(),
-            (Wire::Float8, Value::Number(_)) | (Wire::Bool, Value::Bool(_)) => true,
-            (Wire::Int2 | Wire::Int4 | Wire::Int8 | Wire::Float8 | Wire::Bool, _) => false,
-            (Wire::Text | Wire::Json | Wire::Jsonb | Wire::Cast, _) => true,
+        let raw = raw.get();
+        match self {
+            Wire::Int2 => raw.parse::<i16>().is_ok(),
+            Wire::Int4 => raw.parse::<i32>().is_ok(),
+            Wire::Int8 => raw.parse::<i64>().is_ok(),
+            Wire::Float8 => float(raw).is_some(),
+            Wire::Bool => raw == "true" || raw == "false",
+            Wire::Text | Wire::Json | Wire::Jsonb | Wire::Cast => true,
         }
     }
 
@@ -80,69 +85,173 @@ impl Wire {
         })
     }
 
-    /// The values of `name` in `rows` (absent = NULL) as this wire's array.
-    fn array<'a>(self, name: &str, rows: &[&'a Map<String, Value>]) -> Param<'a> {
-        let values = rows.iter().map(|r| r.get(name).unwrap_or(&Value::Null));
-        let int = |v: &Value| v.as_i64().unwrap_or_default();
+    /// The type of the array parameter.
+    fn array_type(self) -> Type {
         match self {
-            Wire::Int2 => Box::new(opt(values, |v| int(v) as i16)),
-            Wire::Int4 => Box::new(opt(values, |v| int(v) as i32)),
-            Wire::Int8 => Box::new(opt(values, int)),
-            Wire::Float8 => Box::new(opt(values, |v| v.as_f64().unwrap_or_default())),
-            Wire::Bool => Box::new(opt(values, |v| v.as_bool().unwrap_or_default())),
-            Wire::Json | Wire::Jsonb => Box::new(opt(values, |v| v)),
-            Wire::Text | Wire::Cast => Box::new(opt(values, |v| match v {
-                Value::String(s) => Cow::Borrowed(s.as_str()),
-                other => Cow::Owned(other.to_string()),
-            })),
+            Wire::Int2 => Type::INT2_ARRAY,
+            Wire::Int4 => Type::INT4_ARRAY,
+            Wire::Int8 => Type::INT8_ARRAY,
+            Wire::Float8 => Type::FLOAT8_ARRAY,
+            Wire::Bool => Type::BOOL_ARRAY,
+            Wire::Text | Wire::Cast => Type::TEXT_ARRAY,
+            Wire::Json => Type::JSON_ARRAY,
+            Wire::Jsonb => Type::JSONB_ARRAY,
+        }
+    }
+
+    /// The values of the run's `j`th column as this wire's array (checked by `carries`).
+    fn array<'a>(self, j: usize, rows: &[&'a Row<'a>]) -> Param<'a> {
+        let values = rows.iter().map(move |r| &r[j].1);
+        let raw = |f: &'a Field<'a>| match f {
+            Field::Json(r) => r.get(),
+            Field::Text(s) => s.as_str(),
+        };
+        match self {
+            Wire::Int2 => Box::new(opt(values, |f| raw(f).parse::<i16>().unwrap_or_default())),
+            Wire::Int4 => Box::new(opt(values, |f| raw(f).parse::<i32>().unwrap_or_default())),
+            Wire::Int8 => Box::new(opt(values, |f| raw(f).parse::<i64>().unwrap_or_default())),
+            Wire::Float8 => Box::new(opt(values, |f| float(raw(f)).unwrap_or_default())),
+            Wire::Bool => Box::new(opt(values, |f| raw(f) == "true")),
+            Wire::Json | Wire::Jsonb => Box::new(opt(values, |f| RawJson(raw(f)))),
+            Wire::Text | Wire::Cast => Box::new(opt(values, Field::text)),
         }
     }
 }
 
+/// A JSON number as float8 (JSON has no NaN or infinity, so neither do we).
+fn float(raw: &str) -> Option<f64> {
+    raw.starts_with(|c: char| c == '-' || c.is_ascii_digit())
+        .then(|| raw.parse().ok())
+        .flatten()
+}
+
 fn opt<'a, T>(
-    values: impl Iterator<Item = &'a Value>,
-    f: impl Fn(&'a Value) -> T,
+    values: impl Iterator<Item = &'a Field<'a>>,
+    f: impl Fn(&'a Field<'a>) -> T,
 ) -> Vec<Option<T>> {
     values
         .map(|v| if v.is_null() { None } else { Some(f(v)) })
         .collect()
 }
 
+/// JSON text as a json or jsonb value, sent as it is.
+#[derive(Debug)]
+struct RawJson<'a>(&'a str);
+
+impl ToSql for RawJson<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        if *ty == Type::JSONB {
+            // jsonb's binary form: a version byte, then the text.
+            out.put_u8(1);
+        }
+        out.put_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(*ty, Type::JSON | Type::JSONB)
+    }
+
+    fn to_sql_checked(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        if !Self::accepts(ty) {
+            return Err(Box::new(WrongType::new::<Self>(ty.clone())));
+        }
+        self.to_sql(ty, out)
+    }
+}
+
 /// How each of `columns` travels for these rows; `None` when one of them has no text cast
 /// (an array or composite column), so the run goes as JSON.
-pub fn wires(columns: &[&Column], rows: &[&Map<String, Value>]) -> Option<Vec<Wire>> {
+pub fn wires(columns: &[&Column], rows: &[&Row]) -> Option<Vec<Wire>> {
     columns
         .iter()
-        .map(|c| {
+        .enumerate()
+        .map(|(j, c)| {
             if c.structured {
                 return None;
             }
             let wire = Wire::preferred(c.type_oid);
-            let fits = rows
-                .iter()
-                .all(|r| wire.carries(r.get(&c.name).unwrap_or(&Value::Null)));
+            let fits = rows.iter().all(|r| wire.carries(&r[j].1));
             Some(if fits { wire } else { Wire::Cast })
         })
         .collect()
 }
 
-/// One array parameter per column, in order.
-pub fn params<'a>(
-    columns: &[&Column],
-    wires: &[Wire],
-    rows: &[&'a Map<String, Value>],
-) -> Vec<Param<'a>> {
-    columns
+/// One array parameter per column, in order, in the server's binary form.
+pub fn encode(wires: &[Wire], rows: &[&Row]) -> Result<Vec<Encoded>, String> {
+    wires
         .iter()
-        .zip(wires)
-        .map(|(c, w)| w.array(&c.name, rows))
+        .enumerate()
+        .map(|(j, w)| Encoded::new(w.array(j, rows).as_ref(), &w.array_type()))
         .collect()
+}
+
+/// A statement parameter already in the server's binary form: encoded on the sink's thread,
+/// sent from the connection's.
+#[derive(Clone, Debug)]
+pub struct Encoded(Bytes);
+
+impl Encoded {
+    pub fn new(value: &(dyn ToSql + Sync), ty: &Type) -> Result<Encoded, String> {
+        let mut buf = BytesMut::new();
+        value
+            .to_sql_checked(ty, &mut buf)
+            .map_err(|e| format!("encoding a {ty} parameter: {e}"))?;
+        Ok(Encoded(buf.freeze()))
+    }
+}
+
+impl ToSql for Encoded {
+    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        out.put_slice(&self.0);
+        Ok(IsNull::No)
+    }
+
+    /// The statement declares the type the value was encoded for.
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    fn to_sql_checked(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        self.to_sql(ty, out)
+    }
+}
+
+/// The rows as one JSON array of objects, for `json_populate_recordset`.
+pub fn json_rows(columns: &[&Column], rows: &[&Row]) -> String {
+    let mut out = String::from("[");
+    for (n, row) in rows.iter().enumerate() {
+        out.push_str(if n == 0 { "{" } else { ",{" });
+        for (j, (c, (_, f))) in columns.iter().zip(row.iter()).enumerate() {
+            if j > 0 {
+                out.push(',');
+            }
+            out.push_str(&serde_json::to_string(&c.name).expect("a string serializes"));
+            out.push(':');
+            out.push_str(&f.json());
+        }
+        out.push('}');
+    }
+    out.push(']');
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::value::RawValue;
 
     fn column(name: &str, type_oid: u32, structured: bool) -> Column {
         Column {
@@ -153,10 +262,15 @@ mod tests {
         }
     }
 
-    fn rows(values: &[Value]) -> Vec<Map<String, Value>> {
+    /// A row of the given JSON values, one per column.
+    fn row(values: &[&'static str]) -> Row<'static> {
         values
             .iter()
-            .map(|v| v.as_object().expect("an object").clone())
+            .enumerate()
+            .map(|(j, v)| {
+                let raw: &'static RawValue = serde_json::from_str(v).unwrap();
+                (j as u16, Field::Json(raw))
+            })
             .collect()
     }
 
@@ -169,20 +283,35 @@ mod tests {
             column("at", 1184, false),
         );
         let cols = [&id, &small, &name, &at];
-        let data = rows(&[
-            json!({"id": 1, "small": 2, "name": "a", "at": "2024-01-01T00:00:00Z"}),
-            json!({"id": null, "small": 40000, "name": 7}),
-        ]);
-        let refs: Vec<&Map<String, Value>> = data.iter().collect();
+        let a = row(&["1", "2", r#""a""#, r#""2024-01-01T00:00:00Z""#]);
+        let b = row(&["null", "40000", "7", "null"]);
         // 40000 does not fit int2: the server reads it as text and says it is out of range.
         assert_eq!(
-            wires(&cols, &refs),
+            wires(&cols, &[&a, &b]),
             Some(vec![Wire::Int4, Wire::Cast, Wire::Text, Wire::Cast])
         );
-        let data = rows(&[json!({"id": "12"}), json!({"id": 1.5})]);
-        let refs: Vec<&Map<String, Value>> = data.iter().collect();
-        assert_eq!(wires(&[&id], &refs), Some(vec![Wire::Cast]));
+        for other in [r#""12""#, "1.5", "1e2", "true"] {
+            assert_eq!(
+                wires(&[&id], &[&row(&[other])]),
+                Some(vec![Wire::Cast]),
+                "{other}"
+            );
+        }
         let list = column("tags", 1009, true);
-        assert_eq!(wires(&[&id, &list], &refs), None);
+        assert_eq!(wires(&[&id, &list], &[&row(&["1", "[1]"])]), None);
+    }
+
+    #[test]
+    fn json_rows_keep_each_value_as_written() {
+        let (id, doc) = (column("id", 23, false), column("doc", 1009, true));
+        let a = row(&["1.50", r#"{"k": [1]}"#]);
+        let b = vec![
+            (0, Field::Text("\\x00".into())),
+            (1, Field::Json(serde_json::from_str("null").unwrap())),
+        ];
+        assert_eq!(
+            json_rows(&[&id, &doc], &[&a, &b]),
+            r#"[{"id":1.50,"doc":{"k": [1]}},{"id":"\\x00","doc":null}]"#
+        );
     }
 }
