@@ -63,6 +63,20 @@ pub fn old_values(rel: &Relation, old: &(OldKind, Vec<Col>)) -> Map<String, Valu
     values(rel, &old.1, old.0 == OldKind::Key, None)
 }
 
+/// The change event as it is written, field by field (no map built for it).
+#[derive(serde::Serialize)]
+struct Event<'a> {
+    event_id: &'a str,
+    timestamp: i64,
+    operation: &'a str,
+    table: &'a str,
+    row_id: Option<&'a str>,
+    new_values: Option<&'a Map<String, Value>>,
+    old_values: Option<&'a Map<String, Value>>,
+    transaction_id: Option<u32>,
+    lsn: &'a str,
+}
+
 impl Change<'_> {
     pub fn into_record(self, offset: Offset) -> Record {
         let source = match (&self.new, &self.old) {
@@ -89,26 +103,18 @@ impl Change<'_> {
             }
         });
         let lsn = fmt_lsn(self.lsn);
-        let mut event = Map::with_capacity(9);
-        event.insert("event_id".into(), Value::String(self.event_id));
-        event.insert("timestamp".into(), Value::from(self.timestamp_ms));
-        event.insert("operation".into(), Value::String(self.operation.into()));
-        event.insert("table".into(), Value::String(self.table.into()));
-        event.insert("row_id".into(), row_id.map_or(Value::Null, Value::String));
-        event.insert(
-            "new_values".into(),
-            self.new.map_or(Value::Null, Value::Object),
-        );
-        event.insert(
-            "old_values".into(),
-            self.old.map_or(Value::Null, Value::Object),
-        );
-        event.insert(
-            "transaction_id".into(),
-            self.xid.map_or(Value::Null, Value::from),
-        );
-        event.insert("lsn".into(), Value::String(lsn.clone()));
-        let value = serde_json::to_vec(&Value::Object(event)).expect("JSON values serialize");
+        let event = Event {
+            event_id: &self.event_id,
+            timestamp: self.timestamp_ms,
+            operation: self.operation,
+            table: self.table,
+            row_id: row_id.as_deref(),
+            new_values: self.new.as_ref(),
+            old_values: self.old.as_ref(),
+            transaction_id: self.xid,
+            lsn: &lsn,
+        };
+        let value = serde_json::to_vec(&event).expect("JSON values serialize");
         let mut record = Record::new(value)
             .with_timestamp_ms(self.timestamp_ms)
             .with_header("table", self.table)
@@ -116,8 +122,7 @@ impl Change<'_> {
             .with_header("lsn", lsn)
             .with_position(self.table, 0, offset.encode());
         if let Some(k) = key {
-            record = record
-                .with_key(serde_json::to_vec(&Value::Object(k)).expect("JSON values serialize"));
+            record = record.with_key(serde_json::to_vec(&k).expect("JSON values serialize"));
         }
         record
     }
