@@ -171,7 +171,10 @@ impl Table {
 
 /// The statements prepared on one connection, by what they do.
 #[derive(Default)]
-pub struct Statements(HashMap<(Kind, Vec<u16>, Option<Vec<Wire>>), Statement>);
+pub struct Statements(HashMap<Shape, Statement>);
+
+/// What a statement does: its kind, its columns, how their values travel (`None`: JSON).
+type Shape = (Kind, Vec<u16>, Option<Vec<Wire>>);
 
 impl Statements {
     /// The prepared statement for `kind` over `cols`, their values as `wires` say or as JSON.
