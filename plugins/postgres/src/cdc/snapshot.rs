@@ -2,12 +2,14 @@
 //! one REPEATABLE READ transaction that imports the slot's exported snapshot, so that streaming
 //! from the slot's consistent point continues exactly where the snapshot ends.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use orbit_plugin_api::PluginError;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
+use super::event::Fields;
 use super::types::to_json;
 use crate::catalog::{self, quoted_table, split_table};
 use crate::client::{connect, error, quote_ident};
@@ -20,7 +22,7 @@ struct SnapTable {
 /// One snapshot row: the table's index in `tables` and its values.
 pub struct Row {
     pub table: u16,
-    pub values: Map<String, Value>,
+    pub values: Fields<'static>,
     /// The row's number within its table.
     pub row: u64,
 }
@@ -98,16 +100,16 @@ impl SnapshotReader {
             let mut rows = Vec::new();
             for m in messages {
                 if let SimpleQueryMessage::Row(r) = m {
-                    let mut values = Map::with_capacity(t.columns.len());
+                    let mut values = Vec::with_capacity(t.columns.len());
                     for (i, c) in t.columns.iter().enumerate() {
                         let v = r
                             .get(i)
                             .map_or(Value::Null, |text| to_json(c.type_oid, text));
-                        values.insert(c.name.clone(), v);
+                        values.push((Cow::Owned(c.name.clone()), v));
                     }
                     rows.push(Row {
                         table: self.current as u16,
-                        values,
+                        values: Fields(values),
                         row: self.row,
                     });
                     self.row += 1;

@@ -3,16 +3,16 @@
 //! transaction's end LSN); records at or before the resume point are skipped, but still counted,
 //! so a change has the same offset in every session.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 
 use orbit_plugin_api::abi_stable::std_types::RVec;
 use orbit_plugin_api::{PluginError, Record};
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
-use serde_json::{Map, Value};
 
 use super::config::Operation;
 use super::decode::{decode, Decoded, Relation};
-use super::event::{old_values, pg_time_to_ms, values, Change};
+use super::event::{old_values, pg_time_to_ms, values, Change, Fields};
 use super::lsn::{fmt_lsn, Offset};
 use super::setup::TableInfo;
 
@@ -202,8 +202,10 @@ impl Stream {
     }
 }
 
-fn key_of(row: &Map<String, Value>, key: &[String]) -> Map<String, Value> {
-    key.iter()
-        .filter_map(|k| row.get(k).map(|v| (k.clone(), v.clone())))
-        .collect()
+fn key_of<'a>(row: &Fields, key: &'a [String]) -> Fields<'a> {
+    Fields(
+        key.iter()
+            .filter_map(|k| row.get(k).map(|v| (Cow::Borrowed(k.as_str()), v.clone())))
+            .collect(),
+    )
 }
