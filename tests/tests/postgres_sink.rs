@@ -157,6 +157,28 @@ fn upsert_and_cdc_modes_apply_changes_so_rows_end_as_the_last_change_says() {
         ),
         ["1,a5,1", "7,after2,8", "10,moved again,8"]
     );
+
+    // One key written two ways in one batch: one statement would touch the row twice
+    // (cardinality violation); the replay applies the two one by one, in order.
+    s.write(
+        "twice.jsonl",
+        "{\"id\":20,\"v\":\"first\"}\n{\"id\":\"20\",\"v\":\"second\"}\n",
+    );
+    s.write(
+        "twice.yaml",
+        &format!(
+            "name: pg-twice\nsource: {{ plugin: file, config: {{ path: twice.jsonl }} }}\n\
+             sink: {{ plugin: postgres, config: {{ url: \"{}\", table: {t}, mode: upsert }} }}\n",
+            pg::URL
+        ),
+    );
+    let out = s.run(&["twice.yaml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(finished_once(&text(&out.stderr)).dead_lettered, 0);
+    assert_eq!(
+        rows(&mut c, &format!("SELECT v FROM {t} WHERE id = 20")),
+        ["second"]
+    );
 }
 
 #[test]

@@ -118,11 +118,17 @@ impl Wire {
     }
 }
 
-/// A JSON number as float8 (JSON has no NaN or infinity, so neither do we).
+/// A JSON number as float8, when it is one exactly as the server would read it: JSON has no
+/// NaN or infinity, and a number beyond float8's range (`1e400`, `1e-400`) goes as text for
+/// the server to refuse, rather than as infinity or zero.
 fn float(raw: &str) -> Option<f64> {
-    raw.starts_with(|c: char| c == '-' || c.is_ascii_digit())
-        .then(|| raw.parse().ok())
-        .flatten()
+    if !raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+        return None;
+    }
+    let f: f64 = raw.parse().ok()?;
+    let mantissa = raw.split(['e', 'E']).next().unwrap_or(raw);
+    let zero = !mantissa.bytes().any(|b| (b'1'..=b'9').contains(&b));
+    (f.is_finite() && (f != 0.0 || zero)).then_some(f)
 }
 
 fn opt<'a, T>(
@@ -296,6 +302,17 @@ mod tests {
                 Some(vec![Wire::Cast]),
                 "{other}"
             );
+        }
+        let f = column("f", 701, false);
+        for (value, wire) in [
+            ("1.5", Wire::Float8),
+            ("-0.0e5", Wire::Float8),
+            ("1e300", Wire::Float8),
+            ("1e400", Wire::Cast),
+            ("1e-400", Wire::Cast),
+            (r#""NaN""#, Wire::Cast),
+        ] {
+            assert_eq!(wires(&[&f], &[&row(&[value])]), Some(vec![wire]), "{value}");
         }
         let list = column("tags", 1009, true);
         assert_eq!(wires(&[&id, &list], &[&row(&["1", "[1]"])]), None);
