@@ -13,6 +13,23 @@ fn rows(c: &mut postgres::Client, sql: &str) -> Vec<String> {
         .collect()
 }
 
+/// `dlq.jsonl` holds `count` dead letters, which between them mention every one of `needles`.
+fn assert_dead_letters(s: &Scratch, count: usize, needles: &[&str]) {
+    let dlq: Vec<Value> = s
+        .lines("dlq.jsonl")
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let all = serde_json::to_string(&dlq).unwrap();
+    assert_eq!(dlq.len(), count, "{all}");
+    for needle in needles {
+        assert!(
+            all.contains(needle),
+            "no `{needle}` in the dead letters: {all}"
+        );
+    }
+}
+
 #[test]
 fn inserts_commit_and_each_refused_row_is_dead_lettered_alone_with_the_database_message() {
     let _server = pg::shared();
@@ -74,24 +91,16 @@ errors:
         rows(&mut c, &format!("SELECT concat_ws('|', tags::text, doc::text, encode(raw, 'hex'), at AT TIME ZONE 'UTC') FROM {t} WHERE id = 3")),
         [r#"{a,"b c"}|{"k": 3}|00ff10|2024-05-01 12:34:56.5"#]
     );
-    let dlq: Vec<Value> = s
-        .lines("dlq.jsonl")
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(dlq.len(), 4, "{dlq:#?}");
-    let all = serde_json::to_string(&dlq).unwrap();
-    for needle in [
-        "duplicate key value",
-        "not-null constraint",
-        "check constraint",
-        "colour",
-    ] {
-        assert!(
-            all.contains(needle),
-            "no `{needle}` in the dead letters: {all}"
-        );
-    }
+    assert_dead_letters(
+        &s,
+        4,
+        &[
+            "duplicate key value",
+            "not-null constraint",
+            "check constraint",
+            "colour",
+        ],
+    );
 }
 
 #[test]
@@ -288,25 +297,18 @@ errors:
             "10|-5|1.25|2000-01-01",
         ]
     );
-    let dlq: Vec<Value> = s
-        .lines("dlq.jsonl")
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let all = serde_json::to_string(&dlq).unwrap();
-    assert_eq!(dlq.len(), 5, "ids 3, 4, 5, 7, 8 refused: {all}");
-    for needle in [
-        "smallint",
-        "character varying(5)",
-        "uuid",
-        "integer",
-        "0x00",
-    ] {
-        assert!(
-            all.contains(needle),
-            "no `{needle}` in the dead letters: {all}"
-        );
-    }
+    // Ids 3, 4, 5, 7 and 8 are refused.
+    assert_dead_letters(
+        &s,
+        5,
+        &[
+            "smallint",
+            "character varying(5)",
+            "uuid",
+            "integer",
+            "0x00",
+        ],
+    );
 }
 
 /// Batches are pipelined on one connection. Killing that connection mid-stream fails a batch
